@@ -1,0 +1,60 @@
+# Two commands for a new user (see README):  `make demo`  and  `make test`.
+# Each sets up what it needs in a virtual environment (.venv) on first use, then runs.
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   ?= .venv
+# torch is installed on its own so the build can be chosen (CPU/CUDA) without touching the rest.
+TORCH  ?= torch==2.14.1 torchvision==0.29.1
+# The WebUI's pinned versions (A1111 1.8-1.10 and Forge): the core must work on them.
+PINS   ?= Pillow==9.5.0 numpy==1.26.2 scikit-image==0.21.0 open-clip-torch==2.20.0
+PINS_CORE ?= Pillow==9.5.0 numpy==1.26.2 scikit-image==0.21.0
+PYTHON310 ?= $(shell command -v python3.10)
+PYTEST_ARGS ?=
+
+.PHONY: demo test test-pins test-py310 lint bench setup clean
+
+$(VENV)/.cfgsim-installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install -q --upgrade pip
+	$(VENV)/bin/python -m pip install -q $(TORCH)
+	$(VENV)/bin/python -m pip install -q -e '.[standalone,clip,test]'
+	touch $@
+
+setup: $(VENV)/.cfgsim-installed
+
+demo: setup
+	$(VENV)/bin/cfgsim demo
+
+test: setup
+	$(VENV)/bin/python -m ruff check cfgsim scripts tests benchmarks install.py
+	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+# The WebUI's pins on this Python (with torch, so CLIP runs on open-clip-torch 2.20.0).
+.venv-pins/.cfgsim-installed: pyproject.toml
+	$(PYTHON) -m venv .venv-pins
+	.venv-pins/bin/python -m pip install -q $(TORCH)
+	.venv-pins/bin/python -m pip install -q $(PINS) scipy tqdm pytest hypothesis
+	.venv-pins/bin/python -m pip install -q --no-deps -e .
+	touch $@
+
+test-pins: .venv-pins/.cfgsim-installed
+	.venv-pins/bin/python -m pip list 2>/dev/null | grep -iE '^(pillow|numpy|scikit-image|open.clip.torch) '
+	.venv-pins/bin/python -m pytest -m 'not browser' --ignore=tests/test_standalone.py \
+		--ignore=tests/test_standalone_demo.py $(PYTEST_ARGS)
+
+# Python 3.10 (the WebUI's) with the pins; no torch there, so the CLIP tests skip with a reason.
+.venv-py310/.cfgsim-installed: pyproject.toml
+	$(PYTHON310) -m venv .venv-py310
+	.venv-py310/bin/python -m pip install -q $(PINS_CORE) scipy tqdm pytest hypothesis
+	.venv-py310/bin/python -m pip install -q --no-deps -e .
+	touch $@
+
+test-py310: .venv-py310/.cfgsim-installed
+	.venv-py310/bin/python -m pytest -m 'not browser' --ignore=tests/test_standalone.py \
+		--ignore=tests/test_standalone_demo.py $(PYTEST_ARGS)
+
+bench: setup
+	$(VENV)/bin/python benchmarks/bench_ssim.py
+
+clean:
+	rm -rf $(VENV) .venv-pins .venv-py310 cfgsim-demo

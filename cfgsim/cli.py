@@ -1,0 +1,53 @@
+"""The ``cfgsim`` command line.
+
+Subcommands: ``compare`` (images you already have), ``split-grid`` (cut a published X/Y grid into
+cells), ``inspect`` (show a grid's stored metadata), ``probe`` and ``demo`` (the standalone runner,
+registered by :mod:`cfgsim.standalone.commands`). Exit status: 0 on success, 2 on bad input with one
+line naming the file and the reason, 130 on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from cfgsim import __version__
+from cfgsim.errors import CfgsimError
+
+EXIT_BAD_INPUT = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cfgsim",
+        description="CFG 1.0 similarity probe: compare what checkpoints make of the same noise.",
+    )
+    parser.add_argument("--version", action="version", version=f"cfgsim {__version__}")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    from cfgsim import commands
+
+    commands.register(sub)
+    try:
+        from cfgsim.standalone import commands as standalone_commands
+    except ImportError:  # the standalone runner is an optional part of the package
+        pass
+    else:
+        standalone_commands.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="cfgsim: %(message)s")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except CfgsimError as exc:
+        print(f"cfgsim: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("cfgsim: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,223 @@
+"""The library's own subcommands: ``compare``, ``split-grid`` and ``inspect``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from tqdm import tqdm
+
+from cfgsim.compare import DEFAULT_METRICS, build_metrics, compare, load_metrics
+from cfgsim.errors import InputError
+from cfgsim.host import Checkpoint
+from cfgsim.imageio import load_image
+from cfgsim.infotext import Infotext
+from cfgsim.metadata import atomic_save_image, atomic_write_bytes, read_metadata, save_grid, to_json
+from cfgsim.output import scores_csv, summary_table, unique_filenames
+from cfgsim.probe import check_labels
+from cfgsim.result import Cell, ProbeResult, Reference
+from cfgsim.spec import ProbeSpec
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "compare",
+        help="compare images you already have (probe outputs, cells of a published grid)",
+        description="Compare images: N×N similarity matrices, scores against a reference, a grid.",
+    )
+    p.add_argument("images", nargs="*", metavar="IMG", help="two or more images")
+    ref = p.add_mutually_exclusive_group()
+    ref.add_argument("--reference", metavar="IMG", help="score every image against this image")
+    ref.add_argument("--reference-index", type=int, metavar="N", help="score against image N (0-based)")
+    p.add_argument("--metrics", default=",".join(DEFAULT_METRICS), help="comma list: ssim,clip,phash,psnr,rmse")
+    p.add_argument("--labels", help="comma-separated labels, one per image (default: model from the infotext)")
+    p.add_argument("--out", default="cfgsim-compare.png", help="grid PNG (or .jpg/.webp); heatmaps beside it")
+    p.add_argument("--json", metavar="F", help="also write the result JSON here")
+    p.add_argument("--csv", metavar="F", help="also write the scores as CSV here")
+    p.add_argument("--no-overlays", action="store_true", help="grid without scores drawn on the cells")
+    p.add_argument("--clip-model", default=None, help="open_clip model name for the clip metric")
+    p.add_argument("--clip-pretrained", default=None, help="open_clip pretrained tag or a local weights file")
+    p.set_defaults(func=cmd_compare)
+
+    s = sub.add_parser(
+        "split-grid",
+        help="cut a WebUI X/Y grid image into its cells",
+        description="Cut an X/Y plot grid (also a downscaled JPEG copy) into cells, skipping label margins.",
+    )
+    s.add_argument("grid", metavar="GRID")
+    s.add_argument("--rows", type=int, required=True)
+    s.add_argument("--cols", type=int, required=True)
+    s.add_argument("--out", default=None, metavar="DIR", help="folder for the cells (default: GRID's stem)")
+    s.set_defaults(func=cmd_split_grid)
+
+    i = sub.add_parser("inspect", help="show the probe metadata stored in a grid", description="Show metadata.")
+    i.add_argument("grid", metavar="GRID")
+    i.add_argument("--json", action="store_true", help="print the stored JSON document")
+    i.set_defaults(func=cmd_inspect)
+
+
+def metric_options(args: argparse.Namespace) -> dict[str, dict]:
+    clip: dict[str, str] = {}
+    if getattr(args, "clip_model", None):
+        clip["model"] = args.clip_model
+    if getattr(args, "clip_pretrained", None):
+        clip["pretrained"] = args.clip_pretrained
+    return {"clip": clip}
+
+
+def _label_from_infotext(info: Infotext | None) -> str | None:
+    if info is None:
+        return None
+    return info.params.get("Model") or info.params.get("Model hash") or None
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    paths = [Path(p) for p in args.images]
+    if len(paths) < 2:
+        raise InputError(f"compare: a similarity matrix needs at least two images ({len(paths)} given)")
+    metrics = build_metrics(args.metrics, metric_options(args))
+    out = Path(args.out)
+    if out.suffix.lower() not in (".png", ".jpg", ".jpeg", ".webp"):
+        raise InputError(f"{out}: the grid must be .png, .jpg or .webp")
+    load_metrics(metrics)  # a missing CLIP model fails now, not after loading every image
+
+    images, infos = [], []
+    for path in tqdm(paths, desc="loading", unit="img", disable=args.quiet or len(paths) < 8):
+        images.append(load_image(path))
+        text, _ = read_metadata(path)
+        infos.append(Infotext.parse(text) if text else None)
+
+    if args.labels is not None:
+        labels = [part.strip() for part in args.labels.split(",")]
+        if len(labels) != len(paths):
+            raise InputError(f"--labels: {len(labels)} labels for {len(paths)} images")
+        check_labels(labels, "--labels")
+    else:
+        labels = [_label_from_infotext(info) or path.stem for info, path in zip(infos, paths)]
+        # Two images of one model (two seeds, two copies) would share a label: name them by file.
+        labels = [
+            label if labels.count(label) == 1 else f"{label} ({path.name})" for label, path in zip(labels, paths)
+        ]
+        if len(set(labels)) != len(labels):
+            labels = [str(path) for path in paths]
+
+    reference = Reference()
+    spec_source = next((info for info in infos if info and info.params), None)
+    if args.reference:
+        ref_path = Path(args.reference)
+        ref_text, _ = read_metadata(ref_path)
+        reference = Reference("image", None, ref_path.stem, str(ref_path), load_image(ref_path), ref_text or "")
+        if ref_text:
+            spec_source = Infotext.parse(ref_text)
+    elif args.reference_index is not None:
+        if not 0 <= args.reference_index < len(paths):
+            raise InputError(f"--reference-index {args.reference_index}: there are {len(paths)} images (0-based)")
+        reference = Reference("item", args.reference_index, labels[args.reference_index])
+
+    spec = ProbeSpec.from_infotext(spec_source) if spec_source else ProbeSpec()
+    seeds = {info.params.get("Seed") for info in infos if info}
+    one_seed = len(seeds) == 1 and None not in seeds and all(infos)
+    result = ProbeResult(
+        spec=spec,
+        items=[
+            Checkpoint(
+                name=str(path),
+                label=label,
+                file=str(path),
+                model_hash=(info.params.get("Model hash") if info else None),
+            )
+            for path, label, info in zip(paths, labels, infos)
+        ],
+        rows=[int(next(iter(seeds)))] if one_seed else [0],
+        row_axis="Seed" if one_seed else "",
+        cells=[
+            Cell(item=i, row=0, image=image, infotext=str(info or ""), file=str(path))
+            for i, (image, info, path) in enumerate(zip(images, infos, paths))
+        ],
+        reference=reference,
+        host="compare",
+    )
+    if spec_source is None:
+        result.environment["spec"] = "not known: no input image carries WebUI parameters"
+    compare(
+        result,
+        metrics,
+        progress=lambda ms: tqdm(ms, desc="comparing", unit="metric", disable=args.quiet or len(ms) < 2),
+    )
+
+    from cfgsim.grid import render_all
+
+    rendered = render_all(result, overlays=not args.no_overlays)
+    written = []
+    for kind, image in rendered:
+        if kind == "grid":
+            written += save_grid(image, out, result)
+        else:
+            path = out.with_name(f"{out.stem}-{kind}.png")
+            atomic_save_image(image, path)
+            written.append(path)
+    if args.json:
+        atomic_write_bytes(Path(args.json), to_json(result).encode("utf-8"))
+        written.append(Path(args.json))
+    if args.csv:
+        atomic_write_bytes(Path(args.csv), scores_csv(result).encode("utf-8"))
+        written.append(Path(args.csv))
+    print(summary_table(result))
+    for path in written:
+        print(f"wrote {path}")
+    return 0
+
+
+def cmd_split_grid(args: argparse.Namespace) -> int:
+    from cfgsim.splitgrid import split_grid
+
+    path = Path(args.grid)
+    if args.rows < 1 or args.cols < 1:
+        raise InputError(f"{path}: --rows and --cols must be at least 1")
+    image = load_image(path)
+    text, _ = read_metadata(path)
+    split = split_grid(image, args.rows, args.cols, infotext=text)
+    out = Path(args.out) if args.out else path.with_name(path.stem + "-cells")
+    out.mkdir(parents=True, exist_ok=True)
+    x_values, y_values = split.axis_values or (None, None)
+    col_names = unique_filenames(list(x_values)) if x_values and len(x_values) == args.cols else None
+    row_names = unique_filenames(list(y_values)) if y_values and len(y_values) == args.rows else None
+    for r, row in enumerate(split.cells):
+        for c, cell in enumerate(row):
+            name = f"r{r + 1}-c{c + 1}"
+            if col_names or row_names:
+                name = "-".join(n for n in ((row_names or [None] * args.rows)[r], (col_names or [None] * args.cols)[c]) if n)
+            atomic_save_image(cell, out / f"{name}.png")
+    left, top = split.margins
+    w, h = split.cell_size
+    print(f"{path}: {args.rows}x{args.cols} cells of {w}x{h} px, label margins left {left} px, top {top} px")
+    print(f"wrote {args.rows * args.cols} cells to {out}")
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from cfgsim.metadata import parse_json
+
+    path = Path(args.grid)
+    if not path.is_file():
+        raise InputError(f"{path}: no such file")
+    infotext, payload = read_metadata(path)
+    if payload is None and infotext is None:
+        raise InputError(f"{path}: carries no cfgsim metadata and no WebUI parameters")
+    if args.json:
+        if payload is None:
+            raise InputError(f"{path}: has WebUI parameters but no cfgsim metadata")
+        print(json.dumps(payload, indent=2, ensure_ascii=False))
+        return 0
+    if infotext:
+        print("parameters:")
+        print("  " + infotext.replace("\n", "\n  "))
+    if payload is not None:
+        result = ProbeResult.from_dict(parse_json(json.dumps(payload), source=str(path)))
+        print(f"cfgsim {result.version or '?'} result from {result.host or '?'}: "
+              f"{len(result.items)} items × {len(result.rows)} rows")
+        if not result.spec.is_probe:
+            print(f"  QUICK PREVIEW: {result.spec.effective_steps} steps, not the probe ({result.spec.steps} steps)")
+        print(summary_table(result))
+    return 0

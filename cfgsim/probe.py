@@ -1,0 +1,131 @@
+"""The run loop shared by every host: checkpoints × seeds → images → comparison → result.
+
+Cells are executed checkpoint by checkpoint (all seeds of one checkpoint before the next, so each
+is loaded once), starting with the checkpoint the host has loaded now; the grid keeps the user's
+order. A failing checkpoint becomes failed cells and the run goes on; non-SD1 checkpoints are
+skipped with the reason; an interrupt ends the run after the current image and what was done is
+still compared.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+from cfgsim.compare import compare, load_metrics
+from cfgsim.errors import InputError
+from cfgsim.host import Checkpoint, CheckpointLoadError, Host, ProbeInterrupted
+from cfgsim.result import FAILED, OK, SKIPPED, Cell, ProbeResult, Reference
+from cfgsim.spec import ProbeSpec
+
+log = logging.getLogger(__name__)
+
+INTERRUPTED_REASON = "not run: interrupted"
+
+
+def check_labels(labels: Sequence[str], what: str = "items") -> None:
+    """Labels name grid columns and files: they must be unique and not empty."""
+    seen: set[str] = set()
+    for label in labels:
+        if not label.strip():
+            raise InputError(f"{what}: an empty label")
+        if label in seen:
+            raise InputError(f"{what}: the label {label!r} is used twice; labels must be unique")
+        seen.add(label)
+
+
+def execution_order(checkpoints: Sequence[Checkpoint], current: str | None) -> list[int]:
+    """Column indices in the order to run them: the loaded checkpoint first, the rest as given."""
+    order = list(range(len(checkpoints)))
+    for i, checkpoint in enumerate(checkpoints):
+        if current is not None and checkpoint.name == current:
+            order.remove(i)
+            order.insert(0, i)
+            break
+    return order
+
+
+def _error_text(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def run_probe(
+    host: Host,
+    checkpoints: Sequence[Checkpoint],
+    spec: ProbeSpec,
+    *,
+    metrics: Sequence = (),
+    reference: Reference | None = None,
+    preset: str = "",
+    deviations: Sequence[tuple[str, str, str]] = (),
+) -> ProbeResult:
+    """Probe every checkpoint under ``spec`` for each of its seeds and compare the images.
+
+    ``metrics`` are metric objects (see :func:`cfgsim.compare.build_metrics`); they are loaded
+    before the first image so that a missing CLIP model fails in seconds, not after the run.
+    """
+    if not checkpoints:
+        raise InputError("checkpoints: select at least one checkpoint to probe")
+    check_labels([c.label for c in checkpoints], "checkpoints")
+    reference = reference or Reference()
+    if reference.kind == "item" and not (reference.index is not None and 0 <= reference.index < len(checkpoints)):
+        raise InputError(f"reference: item {reference.index} is not one of the {len(checkpoints)} checkpoints")
+    load_metrics(metrics)
+
+    result = ProbeResult(
+        spec=spec,
+        items=list(checkpoints),
+        rows=list(spec.seeds),
+        row_axis="Seed",
+        reference=reference,
+        environment=dict(host.environment()),
+        host=host.name,
+        preset=preset,
+        deviations=list(deviations),
+    )
+    cells = {(i, r): Cell(item=i, row=r) for i in range(len(checkpoints)) for r in range(len(spec.seeds))}
+    total = len(cells)
+    done = 0
+    stopped = False
+    for i in execution_order(checkpoints, host.current_checkpoint()):
+        checkpoint = checkpoints[i]
+        skip = checkpoint.probe_skip_reason
+        load_error: str | None = None
+        for r, seed in enumerate(spec.seeds):
+            cell = cells[(i, r)]
+            if stopped or (not skip and host.interrupted()):
+                stopped = True
+                cell.status, cell.reason = SKIPPED, INTERRUPTED_REASON
+                continue
+            if skip:
+                cell.status, cell.reason = SKIPPED, skip
+                done += 1
+                continue
+            if load_error:
+                cell.status, cell.reason = FAILED, load_error
+                done += 1
+                continue
+            host.progress(done, total, f"{checkpoint.label} — seed {seed}")
+            try:
+                generated = host.generate(checkpoint, spec, seed)
+            except ProbeInterrupted:
+                stopped = True
+                cell.status, cell.reason = SKIPPED, INTERRUPTED_REASON
+                continue
+            except CheckpointLoadError as exc:
+                load_error = _error_text(exc)
+                cell.status, cell.reason = FAILED, load_error
+                log.warning("cfgsim: %s could not be loaded: %s", checkpoint.label, load_error)
+            except Exception as exc:  # a failed cell is reported on the grid; the run goes on
+                cell.status, cell.reason = FAILED, _error_text(exc)
+                log.warning("cfgsim: %s seed %s failed: %s", checkpoint.label, seed, cell.reason)
+            else:
+                cell.status, cell.image, cell.infotext = OK, generated.image, generated.infotext
+                for key, value in generated.settings.items():
+                    result.environment.setdefault(key, value)
+            done += 1
+    host.progress(done, total, "comparing")
+    result.interrupted = stopped
+    result.cells = [cells[(i, r)] for r in range(len(spec.seeds)) for i in range(len(checkpoints))]
+    return compare(result, metrics)

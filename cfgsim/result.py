@@ -1,0 +1,279 @@
+"""The probe's result as plain data: spec, items, cells, scores. Renderers and writers read it.
+
+Nothing here computes a score or draws a pixel: :mod:`cfgsim.compare` fills ``scores``,
+:mod:`cfgsim.grid` draws, :mod:`cfgsim.metadata` writes and reads the JSON form.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from cfgsim import __version__
+from cfgsim.host import Checkpoint
+from cfgsim.spec import ProbeSpec
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+SCHEMA = "cfgsim.probe-result"
+SCHEMA_VERSION = 1
+
+OK, FAILED, SKIPPED = "ok", "failed", "skipped"
+
+
+@dataclass
+class Cell:
+    """One grid cell: item (column) ``item`` under row value ``row`` (a seed, or another axis)."""
+
+    item: int
+    row: int
+    status: str = OK
+    reason: str = ""
+    image: Image.Image | None = None
+    infotext: str = ""
+    file: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == OK and self.image is not None
+
+
+@dataclass
+class Reference:
+    """What scores are measured against: one of the items, or an external image (or nothing)."""
+
+    kind: str = "none"  # "none" | "item" | "image"
+    index: int | None = None  # the item's column when kind == "item"
+    label: str = ""
+    file: str | None = None
+    image: Image.Image | None = None
+    infotext: str = ""
+
+    def to_dict(self) -> dict[str, object]:
+        return {"kind": self.kind, "index": self.index, "label": self.label, "file": self.file}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Reference:
+        return cls(data.get("kind", "none"), data.get("index"), data.get("label", ""), data.get("file"))
+
+
+@dataclass
+class MetricScores:
+    """One metric's numbers. Matrices are N×N over items (NaN where a cell has no image).
+
+    ``per_row[r]`` is row r's matrix; ``vs_reference[r]`` the items' scores against the reference
+    in row r (NaN for missing cells and for the reference item itself when it is an item).
+    ``mean``/``std`` are taken over rows, ignoring NaN.
+    """
+
+    metric: str
+    label: str
+    description: str = ""
+    per_row: list[np.ndarray] = field(default_factory=list)
+    vs_reference: list[np.ndarray] | None = None
+
+    @property
+    def mean(self) -> np.ndarray:
+        return _nan_stat(np.nanmean, self.per_row)
+
+    @property
+    def std(self) -> np.ndarray:
+        return _nan_stat(np.nanstd, self.per_row)
+
+    @property
+    def reference_mean(self) -> np.ndarray | None:
+        return None if self.vs_reference is None else _nan_stat(np.nanmean, self.vs_reference)
+
+    @property
+    def reference_std(self) -> np.ndarray | None:
+        return None if self.vs_reference is None else _nan_stat(np.nanstd, self.vs_reference)
+
+    def ranks(self, row: int) -> list[int | None]:
+        """1-based rank of each item by its score against the reference in ``row`` (1 = closest)."""
+        if self.vs_reference is None:
+            return [None] * (self.per_row[row].shape[0] if self.per_row else 0)
+        scores = self.vs_reference[row]
+        order = sorted((i for i in range(len(scores)) if not math.isnan(scores[i])), key=lambda i: -scores[i])
+        ranks: list[int | None] = [None] * len(scores)
+        for rank, i in enumerate(order, start=1):
+            ranks[i] = rank
+        return ranks
+
+    def to_dict(self) -> dict[str, object]:
+        out: dict[str, object] = {
+            "metric": self.metric,
+            "label": self.label,
+            "description": self.description,
+            "per_row": [_json_matrix(m) for m in self.per_row],
+            "mean": _json_matrix(self.mean),
+            "std": _json_matrix(self.std),
+        }
+        if self.vs_reference is not None:
+            out["vs_reference"] = [_json_matrix(v) for v in self.vs_reference]
+            out["reference_mean"] = _json_matrix(self.reference_mean)
+            out["reference_std"] = _json_matrix(self.reference_std)
+            out["ranks"] = [self.ranks(r) for r in range(len(self.vs_reference))]
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> MetricScores:
+        vs = data.get("vs_reference")
+        return cls(
+            metric=data["metric"],
+            label=data.get("label", data["metric"]),
+            description=data.get("description", ""),
+            per_row=[_array(m) for m in data.get("per_row", [])],
+            vs_reference=None if vs is None else [_array(v) for v in vs],
+        )
+
+
+def _nan_stat(fn, arrays: Sequence[np.ndarray]) -> np.ndarray:
+    if not arrays:
+        return np.zeros((0,))
+    stack = np.stack(arrays)
+    with np.errstate(all="ignore"):
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return fn(stack, axis=0)
+
+
+def _json_matrix(a: np.ndarray | None) -> object:
+    """A JSON-safe nested list: floats rounded to 6 places, NaN written as null."""
+    if a is None:
+        return None
+    return [_json_matrix(x) for x in a] if np.ndim(a) else (None if math.isnan(a) else round(float(a), 6))
+
+
+def _array(data: object) -> np.ndarray:
+    return np.array(data, dtype=float) if data is not None else np.zeros((0,))
+
+
+@dataclass
+class ProbeResult:
+    """Everything one probe run (or one ``compare``) produced. See the module docstring."""
+
+    spec: ProbeSpec
+    items: list[Checkpoint]
+    rows: list[int]  # row values: the seeds (or 0.. for a plain comparison)
+    row_axis: str = "Seed"
+    cells: list[Cell] = field(default_factory=list)
+    reference: Reference = field(default_factory=Reference)
+    scores: dict[str, MetricScores] = field(default_factory=dict)
+    size_policy: dict[str, object] = field(default_factory=dict)
+    environment: dict[str, str] = field(default_factory=dict)
+    host: str = ""
+    interrupted: bool = False
+    # The preset the run started from and how the spec differs from it: (label, preset, used).
+    preset: str = ""
+    deviations: list[tuple[str, str, str]] = field(default_factory=list)
+    version: str = __version__
+
+    def cell(self, item: int, row: int) -> Cell | None:
+        for cell in self.cells:
+            if cell.item == item and cell.row == row:
+                return cell
+        return None
+
+    @property
+    def labels(self) -> list[str]:
+        return [item.label for item in self.items]
+
+    @property
+    def failures(self) -> list[Cell]:
+        return [cell for cell in self.cells if cell.status != OK]
+
+    def row_label(self, row: int) -> str:
+        """"Seed 1337" for a probe row; empty for the single row of a plain comparison."""
+        return f"{self.row_axis} {self.rows[row]}" if self.row_axis else ""
+
+    def to_dict(self) -> dict[str, object]:
+        """The versioned JSON document stored in the grid PNG's ``cfgsim`` chunk."""
+        return {
+            "schema": SCHEMA,
+            "schema_version": SCHEMA_VERSION,
+            "cfgsim_version": self.version,
+            "host": self.host,
+            "spec": spec_to_dict(self.spec),
+            "is_probe": self.spec.is_probe,
+            "infotext": str(self.spec.to_infotext()),
+            "items": [item.to_dict() for item in self.items],
+            "row_axis": self.row_axis,
+            "rows": list(self.rows),
+            "reference": self.reference.to_dict(),
+            "cells": [
+                {
+                    "item": c.item,
+                    "row": c.row,
+                    "status": c.status,
+                    "reason": c.reason,
+                    "file": c.file,
+                    "infotext": c.infotext,
+                }
+                for c in self.cells
+            ],
+            "metrics": list(self.scores),
+            "scores": {name: s.to_dict() for name, s in self.scores.items()},
+            "size_policy": self.size_policy,
+            "environment": self.environment,
+            "interrupted": self.interrupted,
+            "preset": self.preset,
+            "deviations": [list(d) for d in self.deviations],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ProbeResult:
+        """Inverse of :meth:`to_dict` (without images). Schema checks live in cfgsim.metadata."""
+        cells = [
+            Cell(
+                item=c["item"],
+                row=c["row"],
+                status=c.get("status", OK),
+                reason=c.get("reason", ""),
+                infotext=c.get("infotext", ""),
+                file=c.get("file"),
+            )
+            for c in data.get("cells", [])
+        ]
+        return cls(
+            spec=spec_from_dict(data.get("spec", {})),
+            items=[Checkpoint.from_dict(i) for i in data.get("items", [])],
+            rows=list(data.get("rows", [])),
+            row_axis=data.get("row_axis", "Seed"),
+            cells=cells,
+            reference=Reference.from_dict(data.get("reference", {})),
+            scores={k: MetricScores.from_dict(v) for k, v in data.get("scores", {}).items()},
+            size_policy=dict(data.get("size_policy", {})),
+            environment=dict(data.get("environment", {})),
+            host=data.get("host", ""),
+            interrupted=bool(data.get("interrupted", False)),
+            preset=data.get("preset", ""),
+            deviations=[tuple(d) for d in data.get("deviations", [])],
+            version=data.get("cfgsim_version", ""),
+        )
+
+
+def spec_to_dict(spec: ProbeSpec) -> dict[str, object]:
+    out = {
+        name: getattr(spec, name)
+        for name in spec.__dataclass_fields__
+        if name not in ("extra", "seeds")
+    }
+    out["seeds"] = list(spec.seeds)
+    out["extra"] = dict(spec.extra)
+    return out
+
+
+def spec_from_dict(data: Mapping[str, Any]) -> ProbeSpec:
+    known = {k: v for k, v in data.items() if k in ProbeSpec.__dataclass_fields__}
+    if "seeds" in known:
+        known["seeds"] = tuple(known["seeds"])
+    if "extra" in known:
+        known["extra"] = tuple(dict(known["extra"]).items())
+    return ProbeSpec(**known)
