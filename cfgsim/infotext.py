@@ -28,7 +28,9 @@ _PAIR = re.compile(r'\s*(\w[\w \-/\.]*):\s*("(?:\\.|[^\\"])*"|[^,]*)(?:,|$)')
 def quote(value: object) -> str:
     """Format one value for the parameters line, quoting it when it would break the line."""
     text = format_value(value)
-    if "," in text or ":" in text or "\n" in text or (text.startswith('"') and text.endswith('"')):
+    # The WebUI quotes on comma, colon and newline; a double quote is quoted too, or a value such
+    # as `"0` would start a quoted string on the way back.
+    if any(ch in text for ch in ',:\n"'):
         return json.dumps(text, ensure_ascii=False)
     return text
 
