@@ -1,0 +1,160 @@
+"""CLIP similarity: cosine similarity of open_clip image embeddings.
+
+Where SSIM compares pixels, CLIP compares what the images show (subject, style, composition), so it
+still separates lineages when pixel alignment is lost (different samplers, A1111 vs Forge rounding,
+low step counts). The score is the cosine as it is: 1.0 for identical embeddings, but unrelated
+images typically score well above 0 too (CLIP embeddings share a large common component), so
+compare scores with each other rather than reading them against 0.
+
+The model is open_clip's ``ViT-B-32`` with the ``laion2b_s34b_b79k`` weights by default. Nothing is
+loaded on import: the weights are loaded on first use (:meth:`ClipMetric.load` or
+:meth:`ClipMetric.prepare`) through open_clip's own download cache, or from a local file given as
+``pretrained``. When they cannot be had, :class:`cfgsim.errors.ModelLoadError` says how to provide
+them; there is never a silent fallback to an untrained model.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from cfgsim.errors import InputError, ModelLoadError
+from cfgsim.metrics.base import Metric, check_images
+
+__all__ = ["ClipMetric"]
+
+DEFAULT_MODEL = "ViT-B-32"
+DEFAULT_PRETRAINED = "laion2b_s34b_b79k"
+
+_WEIGHT_SUFFIXES = (".bin", ".pt", ".pth", ".safetensors", ".ckpt")
+
+_HOW_TO_PROVIDE = (
+    "open_clip downloads the weights on first use into its cache, so run once with network access, "
+    "or pass a local weights file with the clip 'pretrained' option (--clip-pretrained FILE)"
+)
+
+
+def _looks_like_path(pretrained: str) -> bool:
+    return (
+        os.sep in pretrained
+        or (os.altsep is not None and os.altsep in pretrained)
+        or pretrained.lower().endswith(_WEIGHT_SUFFIXES)
+        or os.path.exists(pretrained)
+    )
+
+
+class ClipMetric(Metric):
+    """Cosine similarity of CLIP image embeddings (open_clip).
+
+    Options: ``model`` (open_clip architecture name), ``pretrained`` (an open_clip tag, or a path to
+    a local weights file), ``device`` (default: CUDA when available, else CPU), ``batch_size``.
+    Tests and embedders may inject an already built model with ``model_obj`` and its image
+    transform with ``preprocess``; it is put in eval mode.
+    """
+
+    name = "clip"
+    label = "CLIP"
+    description = (
+        "cosine similarity of CLIP image embeddings: higher is more similar, -1..1, 1 = identical; "
+        "unrelated images also score well above 0, so compare relatively"
+    )
+    same_size = False
+
+    def __init__(
+        self,
+        *,
+        model: str = DEFAULT_MODEL,
+        pretrained: str = DEFAULT_PRETRAINED,
+        device: str | None = None,
+        batch_size: int = 16,
+        model_obj: Any = None,
+        preprocess: Any = None,
+    ) -> None:
+        if batch_size < 1:
+            raise InputError(f"clip: batch_size must be at least 1, not {batch_size!r}")
+        if (model_obj is None) != (preprocess is None):
+            raise InputError("clip: pass model_obj and preprocess together")
+        self.model_name = model
+        self.pretrained = pretrained
+        self.device = device
+        self.batch_size = batch_size
+        self._model = model_obj
+        self._preprocess = preprocess
+        self._injected = model_obj is not None
+
+    def settings(self) -> dict[str, Any]:
+        if self._injected:
+            return {"model": type(self._model).__name__, "pretrained": None}
+        return {"model": self.model_name, "pretrained": self.pretrained}
+
+    def _describe(self) -> str:
+        return f"open_clip model {self.model_name!r} with pretrained weights {self.pretrained!r}"
+
+    def load(self) -> None:
+        """Load the model now; raises :class:`~cfgsim.errors.ModelLoadError` when it cannot."""
+        if self._model is not None:
+            if self._injected:
+                self._model.eval()
+            return
+        pretrained = self.pretrained
+        if _looks_like_path(pretrained) and not os.path.isfile(pretrained):
+            raise ModelLoadError(
+                f"clip: the weights file {pretrained!r} for open_clip model {self.model_name!r} "
+                f"does not exist; {_HOW_TO_PROVIDE}"
+            )
+        try:
+            import open_clip
+            import torch
+        except ImportError as exc:
+            raise ModelLoadError(
+                f"clip: the clip metric needs torch and open-clip-torch ({exc}); "
+                "install them with: pip install open-clip-torch"
+            ) from None
+        device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        try:
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                self.model_name, pretrained=pretrained, device=device
+            )
+        except Exception as exc:  # open_clip raises RuntimeError, OSError, HTTP and unpickling errors
+            raise ModelLoadError(f"clip: cannot load {self._describe()}: {exc}. {_HOW_TO_PROVIDE}") from exc
+        model.eval()
+        self.device = device
+        self._model, self._preprocess = model, preprocess
+
+    def prepare(self, images: Sequence[Any]) -> list[np.ndarray]:
+        """Unit-length float64 embeddings, one per image, computed in batches."""
+        arrays = check_images(images, metric=self.name, same_size=False)
+        self.load()
+        import torch
+
+        model, preprocess = self._model, self._preprocess
+        device = self.device
+        if device is None:
+            first = next(iter(model.parameters()), None)
+            device = first.device if first is not None else "cpu"
+        out: list[np.ndarray] = []
+        with torch.no_grad():
+            for start in range(0, len(arrays), self.batch_size):
+                batch = arrays[start : start + self.batch_size]
+                pixels = torch.stack([preprocess(Image.fromarray(arr)) for arr in batch]).to(device)
+                features = model.encode_image(pixels).detach().to("cpu", torch.float64).numpy()
+                norms = np.linalg.norm(features, axis=1, keepdims=True)
+                out.extend(features / np.where(norms > 0, norms, 1.0))
+        return out
+
+    def score(self, a: np.ndarray, b: np.ndarray) -> float:
+        return float(np.clip(np.dot(a, b), -1.0, 1.0))
+
+    def matrix(self, prepared: Sequence[np.ndarray]) -> np.ndarray:
+        n = len(prepared)
+        if n == 0:
+            return np.eye(0)
+        embeddings = np.stack(prepared)
+        out = np.clip(embeddings @ embeddings.T, -1.0, 1.0)
+        out = (out + out.T) / 2  # exactly symmetric whatever the BLAS summation order
+        np.fill_diagonal(out, 1.0)
+        return out
