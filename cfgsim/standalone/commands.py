@@ -1,0 +1,244 @@
+"""The standalone runner's subcommands: ``cfgsim probe`` and ``cfgsim demo``.
+
+:func:`register` only declares arguments; torch, diffusers and transformers are imported when a
+command runs, so ``cfgsim --help`` and the other subcommands work without the standalone extra.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+
+from cfgsim.errors import InputError
+
+STANDALONE_EXTRA = "pip install 'cfgsim[standalone]'"
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add ``probe`` and ``demo`` to the ``cfgsim`` parser's subcommands."""
+    from cfgsim.compare import DEFAULT_METRICS
+    from cfgsim.spec import DEFAULT_PRESET, PRESETS
+
+    p = sub.add_parser(
+        "probe",
+        help="run the probe on SD 1.x checkpoint files without the WebUI (diffusers)",
+        description=(
+            "Run the CFG 1 probe on SD 1.x single-file checkpoints (.safetensors, or .ckpt holding tensors "
+            "only) with diffusers, reproducing the WebUI's image, and compare the pictures."
+        ),
+    )
+    p.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT", help="SD 1.x .safetensors / .ckpt files")
+    p.add_argument(
+        "--preset", default=DEFAULT_PRESET, choices=list(PRESETS), help="probe settings (default: cfg1)"
+    )
+    p.add_argument("--seeds", default=None, help="seeds, e.g. 1337 or '1-20' (default: the preset's)")
+    ref = p.add_mutually_exclusive_group()
+    ref.add_argument(
+        "--reference",
+        metavar="IMG",
+        help="score against this image; its WebUI parameters set the probe's settings",
+    )
+    ref.add_argument("--reference-index", type=int, metavar="N", help="score against checkpoint N (0-based)")
+    p.add_argument(
+        "--metrics", default=",".join(DEFAULT_METRICS), help="comma list: ssim,clip,phash,psnr,rmse"
+    )
+    p.add_argument(
+        "--config-dir",
+        metavar="DIR",
+        help="diffusers-layout folder: unet/ vae/ text_encoder/ tokenizer/ configs (default: the HF cache)",
+    )
+    p.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda when available")
+    p.add_argument(
+        "--rng",
+        choices=["cpu", "nv", "gpu"],
+        default=None,
+        help="initial-noise source, as the WebUI's randn_source: cpu, nv (= NVIDIA GPU numbers, "
+        "on any device), gpu (the CUDA device's own); default: the reference image's RNG, else cpu",
+    )
+    p.add_argument(
+        "--steps-override", type=int, metavar="N", help="quick preview at N steps (labelled: not the probe)"
+    )
+    p.add_argument(
+        "--out", required=True, metavar="DIR", help="output folder (grid, heatmaps, result.json, cells)"
+    )
+    p.add_argument("--no-overlays", action="store_true", help="grid without scores drawn on the cells")
+    p.add_argument("--clip-model", default=None, help="open_clip model name for the clip metric")
+    p.add_argument("--clip-pretrained", default=None, help="open_clip pretrained tag or a local weights file")
+    p.set_defaults(func=cmd_probe)
+
+    d = sub.add_parser(
+        "demo",
+        help="build a tiny model family of known lineage (no download) and probe it",
+        description=(
+            "Build five tiny SD 1.x-architecture checkpoints of known lineage (base, fine-tune, merge, two "
+            "unrelated) in seconds, probe them with the standalone runner and show the scores."
+        ),
+    )
+    d.add_argument(
+        "--out", default="cfgsim-demo", metavar="DIR", help="output folder (default: ./cfgsim-demo)"
+    )
+    d.add_argument("--steps", type=int, default=None, help="sampling steps (default: the probe's 256)")
+    d.add_argument("--seeds", default=None, help="seeds (default: the probe's 1337)")
+    d.add_argument("--size", type=int, default=None, help="image width and height (default: 512)")
+    d.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="default: cpu")
+    d.add_argument(
+        "--rng", choices=["cpu", "nv", "gpu"], default="cpu", help="initial-noise source (default: cpu)"
+    )
+    d.set_defaults(func=cmd_demo)
+
+
+def _require_extra() -> None:
+    missing = []
+    for module in ("torch", "diffusers", "transformers", "safetensors"):
+        try:
+            __import__(module)
+        except ImportError:
+            missing.append(module)
+    if missing:
+        raise InputError(f"the standalone runner needs {', '.join(missing)}: {STANDALONE_EXTRA}")
+
+
+def _offline() -> None:
+    # Every file the runner needs is local (configs, tokenizer, weights): make any accidental hub
+    # lookup fail fast instead of waiting on the network. Must happen before huggingface_hub loads.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+def _reference(args: argparse.Namespace, labels: list[str]):
+    """(Reference, infotext of the reference image or None) from --reference / --reference-index."""
+    from cfgsim.imageio import load_image
+    from cfgsim.metadata import read_metadata
+    from cfgsim.result import Reference
+
+    if args.reference:
+        path = Path(args.reference)
+        text, _ = read_metadata(path)
+        return Reference("image", None, path.stem, str(path), load_image(path), text or ""), text
+    if args.reference_index is not None:
+        if not 0 <= args.reference_index < len(labels):
+            raise InputError(
+                f"--reference-index {args.reference_index}: there are {len(labels)} checkpoints (0-based)"
+            )
+        return Reference("item", args.reference_index, labels[args.reference_index]), None
+    return Reference(), None
+
+
+def probe_spec(args: argparse.Namespace, reference_infotext: str | None):
+    """(spec, deviations from the preset, rng source) from the preset, the reference image and the flags.
+
+    Order: the preset; then the reference image's parameters (what it was made with); then the
+    explicit flags (``--seeds``, ``--steps-override``). The RNG source follows ``--rng``, else the
+    reference's ``RNG`` parameter, else ``cpu``.
+    """
+    from cfgsim.infotext import Infotext
+    from cfgsim.spec import ProbeSpec, get_preset, parse_seeds
+
+    preset = get_preset(args.preset)
+    spec = preset
+    rng = args.rng
+    if reference_infotext:
+        info = Infotext.parse(reference_infotext)
+        if info.params:
+            spec = ProbeSpec.from_infotext(info, base=preset)
+            source = dict(spec.extra).get("RNG")
+            if rng is None and source and source.lower() in ("cpu", "nv", "gpu"):
+                rng = source.lower()
+    if args.seeds is not None:
+        spec = spec.replace(seeds=parse_seeds(args.seeds))
+    if args.steps_override is not None:
+        spec = spec.replace(steps_override=args.steps_override)
+    return spec, preset.differences(spec), rng or "cpu"
+
+
+def cmd_probe(args: argparse.Namespace) -> int:
+    _require_extra()
+    _offline()
+    from cfgsim.commands import metric_options
+    from cfgsim.compare import build_metrics
+    from cfgsim.output import summary_table, write_outputs
+    from cfgsim.probe import run_probe
+    from cfgsim.standalone.checkpoint import check_checkpoint_path
+    from cfgsim.standalone.host import StandaloneHost
+    from cfgsim.standalone.pipeline import check_spec
+
+    quiet = bool(getattr(args, "quiet", False))
+    paths = [check_checkpoint_path(p) for p in args.checkpoints]
+    metrics = build_metrics(args.metrics, metric_options(args))
+    labels = [p.stem for p in paths]
+    reference, ref_text = _reference(args, labels)
+    spec, deviations, rng = probe_spec(args, ref_text)
+    check_spec(spec)
+    for label, preset_value, used in deviations:
+        print(f"note: {label} is {used!r} (preset {args.preset}: {preset_value!r})")
+    if reference.kind == "image" and ref_text is not None and "RNG" not in ref_text and rng != "nv":
+        print(
+            "note: the reference was made with the WebUI's default GPU noise; "
+            "--rng nv reproduces an NVIDIA card's"
+        )
+
+    host = StandaloneHost(paths, config_dir=args.config_dir, device=args.device, rng=rng, quiet=quiet)
+    started = time.perf_counter()
+    result = run_probe(
+        host,
+        host.checkpoints(),
+        spec,
+        metrics=metrics,
+        reference=reference,
+        preset=args.preset,
+        deviations=deviations,
+    )
+    written = write_outputs(result, args.out, overlays=not args.no_overlays)
+    print(summary_table(result))
+    print(f"probed {len(paths)} checkpoint(s) in {time.perf_counter() - started:.1f} s")
+    _print_written(written)
+    return _exit_status(result)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    _require_extra()
+    _offline()
+    from cfgsim.output import summary_table
+    from cfgsim.spec import parse_seeds
+    from cfgsim.standalone.demo import run_demo
+
+    started = time.perf_counter()
+    seeds = parse_seeds(args.seeds) if args.seeds is not None else None
+    result, written = run_demo(
+        args.out,
+        steps=args.steps,
+        seeds=seeds,
+        size=args.size,
+        device=args.device,
+        rng=args.rng,
+        quiet=bool(getattr(args, "quiet", False)),
+    )
+    print(summary_table(result))
+    print(
+        "lineage: finetune = base + weight noise, merge = 50/50 of base and unrelated; "
+        "higher = closer to base"
+    )
+    print(
+        f"demo finished in {time.perf_counter() - started:.1f} s; checkpoints in {Path(args.out) / 'models'}"
+    )
+    _print_written(written)
+    return _exit_status(result)
+
+
+def _exit_status(result) -> int:
+    """0, or 130 (as for Ctrl-C) when the run was interrupted and the outputs hold only part of it."""
+    if result.interrupted:
+        print("interrupted: the outputs above hold the images made before the stop")
+        return 130
+    return 0
+
+
+def _print_written(written: dict[str, Path]) -> None:
+    cells = [k for k in written if k.startswith("cell:")]
+    for kind, path in written.items():
+        if not kind.startswith("cell:"):
+            print(f"wrote {path}")
+    if cells:
+        print(f"wrote {len(cells)} cell image(s) in {written[cells[0]].parent}")
