@@ -27,6 +27,7 @@ demo: setup
 
 test: setup
 	$(VENV)/bin/python -m ruff check cfgsim scripts tests benchmarks install.py
+	$(VENV)/bin/python -m ruff format --check cfgsim scripts tests benchmarks install.py
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
 # The WebUI's pins on this Python (with torch, so CLIP runs on open-clip-torch 2.20.0).

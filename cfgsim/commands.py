@@ -30,8 +30,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     ref = p.add_mutually_exclusive_group()
     ref.add_argument("--reference", metavar="IMG", help="score every image against this image")
     ref.add_argument("--reference-index", type=int, metavar="N", help="score against image N (0-based)")
-    p.add_argument("--metrics", default=",".join(DEFAULT_METRICS), help="comma list: ssim,clip,phash,psnr,rmse")
-    p.add_argument("--labels", help="comma-separated labels, one per image (default: model from the infotext)")
+    p.add_argument(
+        "--metrics", default=",".join(DEFAULT_METRICS), help="comma list: ssim,clip,phash,psnr,rmse"
+    )
+    p.add_argument(
+        "--labels", help="comma-separated labels, one per image (default: model from the infotext)"
+    )
     p.add_argument("--out", default="cfgsim-compare.png", help="grid PNG (or .jpg/.webp); heatmaps beside it")
     p.add_argument("--json", metavar="F", help="also write the result JSON here")
     p.add_argument("--csv", metavar="F", help="also write the scores as CSV here")
@@ -51,7 +55,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--out", default=None, metavar="DIR", help="folder for the cells (default: GRID's stem)")
     s.set_defaults(func=cmd_split_grid)
 
-    i = sub.add_parser("inspect", help="show the probe metadata stored in a grid", description="Show metadata.")
+    i = sub.add_parser(
+        "inspect", help="show the probe metadata stored in a grid", description="Show metadata."
+    )
     i.add_argument("grid", metavar="GRID")
     i.add_argument("--json", action="store_true", help="print the stored JSON document")
     i.set_defaults(func=cmd_inspect)
@@ -94,10 +100,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
             raise InputError(f"--labels: {len(labels)} labels for {len(paths)} images")
         check_labels(labels, "--labels")
     else:
-        labels = [_label_from_infotext(info) or path.stem for info, path in zip(infos, paths)]
+        labels = [_label_from_infotext(info) or path.stem for info, path in zip(infos, paths, strict=True)]
         # Two images of one model (two seeds, two copies) would share a label: name them by file.
         labels = [
-            label if labels.count(label) == 1 else f"{label} ({path.name})" for label, path in zip(labels, paths)
+            label if labels.count(label) == 1 else f"{label} ({path.name})"
+            for label, path in zip(labels, paths, strict=True)
         ]
         if len(set(labels)) != len(labels):
             labels = [str(path) for path in paths]
@@ -107,12 +114,16 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if args.reference:
         ref_path = Path(args.reference)
         ref_text, _ = read_metadata(ref_path)
-        reference = Reference("image", None, ref_path.stem, str(ref_path), load_image(ref_path), ref_text or "")
+        reference = Reference(
+            "image", None, ref_path.stem, str(ref_path), load_image(ref_path), ref_text or ""
+        )
         if ref_text:
             spec_source = Infotext.parse(ref_text)
     elif args.reference_index is not None:
         if not 0 <= args.reference_index < len(paths):
-            raise InputError(f"--reference-index {args.reference_index}: there are {len(paths)} images (0-based)")
+            raise InputError(
+                f"--reference-index {args.reference_index}: there are {len(paths)} images (0-based)"
+            )
         reference = Reference("item", args.reference_index, labels[args.reference_index])
 
     spec = ProbeSpec.from_infotext(spec_source) if spec_source else ProbeSpec()
@@ -127,13 +138,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
                 file=str(path),
                 model_hash=(info.params.get("Model hash") if info else None),
             )
-            for path, label, info in zip(paths, labels, infos)
+            for path, label, info in zip(paths, labels, infos, strict=True)
         ],
         rows=[int(next(iter(seeds)))] if one_seed else [0],
         row_axis="Seed" if one_seed else "",
         cells=[
             Cell(item=i, row=0, image=image, infotext=str(info or ""), file=str(path))
-            for i, (image, info, path) in enumerate(zip(images, infos, paths))
+            for i, (image, info, path) in enumerate(zip(images, infos, paths, strict=True))
         ],
         reference=reference,
         host="compare",
@@ -187,7 +198,11 @@ def cmd_split_grid(args: argparse.Namespace) -> int:
         for c, cell in enumerate(row):
             name = f"r{r + 1}-c{c + 1}"
             if col_names or row_names:
-                name = "-".join(n for n in ((row_names or [None] * args.rows)[r], (col_names or [None] * args.cols)[c]) if n)
+                name = "-".join(
+                    n
+                    for n in ((row_names or [None] * args.rows)[r], (col_names or [None] * args.cols)[c])
+                    if n
+                )
             atomic_save_image(cell, out / f"{name}.png")
     left, top = split.margins
     w, h = split.cell_size
@@ -215,9 +230,12 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         print("  " + infotext.replace("\n", "\n  "))
     if payload is not None:
         result = ProbeResult.from_dict(parse_json(json.dumps(payload), source=str(path)))
-        print(f"cfgsim {result.version or '?'} result from {result.host or '?'}: "
-              f"{len(result.items)} items × {len(result.rows)} rows")
+        print(
+            f"cfgsim {result.version or '?'} result from {result.host or '?'}: "
+            f"{len(result.items)} items × {len(result.rows)} rows"
+        )
         if not result.spec.is_probe:
-            print(f"  QUICK PREVIEW: {result.spec.effective_steps} steps, not the probe ({result.spec.steps} steps)")
+            steps, full = result.spec.effective_steps, result.spec.steps
+            print(f"  QUICK PREVIEW: {steps} steps, not the probe ({full} steps)")
         print(summary_table(result))
     return 0

@@ -93,8 +93,9 @@ class Infotext:
         for line in lines:
             if not in_negative and line.startswith(NEGATIVE_PREFIX):
                 in_negative = True
-                line = line[len(NEGATIVE_PREFIX) :].lstrip(" ")
-            (negative_lines if in_negative else prompt_lines).append(line)
+                negative_lines.append(line[len(NEGATIVE_PREFIX) :].lstrip(" "))
+            else:
+                (negative_lines if in_negative else prompt_lines).append(line)
         return cls("\n".join(prompt_lines).strip(), "\n".join(negative_lines).strip(), params)
 
     def format(self) -> str:

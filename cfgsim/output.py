@@ -54,7 +54,9 @@ def scores_csv(result: ProbeResult) -> str:
             for i, item in enumerate(result.items):
                 cell = result.cell(i, r)
                 ref = scores.vs_reference[r][i] if scores.vs_reference is not None else math.nan
-                others = [matrix[i, j] for j in range(len(result.items)) if j != i and not math.isnan(matrix[i, j])]
+                others = [
+                    matrix[i, j] for j in range(len(result.items)) if j != i and not math.isnan(matrix[i, j])
+                ]
                 writer.writerow(
                     [
                         name,
@@ -88,7 +90,9 @@ def summary_table(result: ProbeResult) -> str:
             scores = result.scores[name]
             if has_ref:
                 value = scores.reference_mean[i]
-                text = "ref" if result.reference.kind == "item" and i == result.reference.index else _fmt(value)
+                text = (
+                    "ref" if result.reference.kind == "item" and i == result.reference.index else _fmt(value)
+                )
             else:
                 others = [scores.mean[i, j] for j in range(len(result.items)) if j != i]
                 valid = [v for v in others if not math.isnan(v)]
@@ -96,7 +100,9 @@ def summary_table(result: ProbeResult) -> str:
             row += f"{text:>10}"
         lines.append(row)
     for cell in result.failures:
-        lines.append(f"  {result.items[cell.item].label} {result.row_label(cell.row)}: {cell.status}: {cell.reason}")
+        lines.append(
+            f"  {result.items[cell.item].label} {result.row_label(cell.row)}: {cell.status}: {cell.reason}"
+        )
     return "\n".join(lines)
 
 
@@ -129,7 +135,9 @@ def write_outputs(
             if not cell.ok:
                 continue
             row = result.rows[cell.row]
-            stem = f"{names[cell.item]}-{result.row_axis.lower()}{row}" if result.row_axis else names[cell.item]
+            stem = (
+                f"{names[cell.item]}-{result.row_axis.lower()}{row}" if result.row_axis else names[cell.item]
+            )
             path = out / "cells" / f"{stem}.png"
             path.parent.mkdir(exist_ok=True)
             pnginfo = PngInfo()

@@ -69,8 +69,12 @@ def run_probe(
         raise InputError("checkpoints: select at least one checkpoint to probe")
     check_labels([c.label for c in checkpoints], "checkpoints")
     reference = reference or Reference()
-    if reference.kind == "item" and not (reference.index is not None and 0 <= reference.index < len(checkpoints)):
-        raise InputError(f"reference: item {reference.index} is not one of the {len(checkpoints)} checkpoints")
+    if reference.kind == "item" and not (
+        reference.index is not None and 0 <= reference.index < len(checkpoints)
+    ):
+        raise InputError(
+            f"reference: item {reference.index} is not one of the {len(checkpoints)} checkpoints"
+        )
     load_metrics(metrics)
 
     result = ProbeResult(

@@ -190,7 +190,7 @@ class ProbeResult:
         return [cell for cell in self.cells if cell.status != OK]
 
     def row_label(self, row: int) -> str:
-        """"Seed 1337" for a probe row; empty for the single row of a plain comparison."""
+        """ "Seed 1337" for a probe row; empty for the single row of a plain comparison."""
         return f"{self.row_axis} {self.rows[row]}" if self.row_axis else ""
 
     def to_dict(self) -> dict[str, object]:
@@ -260,11 +260,7 @@ class ProbeResult:
 
 
 def spec_to_dict(spec: ProbeSpec) -> dict[str, object]:
-    out = {
-        name: getattr(spec, name)
-        for name in spec.__dataclass_fields__
-        if name not in ("extra", "seeds")
-    }
+    out = {name: getattr(spec, name) for name in spec.__dataclass_fields__ if name not in ("extra", "seeds")}
     out["seeds"] = list(spec.seeds)
     out["extra"] = dict(spec.extra)
     return out

@@ -19,8 +19,11 @@ from cfgsim.metadata import read_metadata, read_result
 from cfgsim.spec import ProbeSpec
 from tests.helpers import item_image, smooth_image, webui_grid
 
-REFERENCE_PNG = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / (
-    "nai-925997e9-seed1337-cfg1-euler256.png"
+REFERENCE_PNG = (
+    Path(__file__).resolve().parents[1].parent
+    / "shared"
+    / "reference"
+    / ("nai-925997e9-seed1337-cfg1-euler256.png")
 )
 
 
@@ -51,8 +54,20 @@ def one_error_line(capsys) -> str:
 def test_compare_writes_grid_heatmap_json_csv(images, tmp_path, capsys):
     out = tmp_path / "out" / "grid.png"
     out.parent.mkdir()
-    code = run("compare", *map(str, images), "--reference-index", "0", "--out", str(out),
-               "--json", str(tmp_path / "r.json"), "--csv", str(tmp_path / "r.csv"), "--metrics", "ssim,phash")
+    code = run(
+        "compare",
+        *map(str, images),
+        "--reference-index",
+        "0",
+        "--out",
+        str(out),
+        "--json",
+        str(tmp_path / "r.json"),
+        "--csv",
+        str(tmp_path / "r.csv"),
+        "--metrics",
+        "ssim,phash",
+    )
     assert code == 0
     printed = capsys.readouterr().out
     # Labels come from the images' infotext (Model), the reference row says "ref".
@@ -80,8 +95,20 @@ def test_compare_against_the_published_reference(tmp_path, capsys):
     ref.resize((256, 256), Image.Resampling.LANCZOS).save(near)  # a smaller copy of the same picture
     far = tmp_path / "far.png"
     smooth_image(5, (512, 512)).save(far)
-    assert run("compare", str(near), str(far), "--reference", str(REFERENCE_PNG), "--out",
-               str(tmp_path / "g.png"), "--metrics", "ssim,phash") == 0
+    assert (
+        run(
+            "compare",
+            str(near),
+            str(far),
+            "--reference",
+            str(REFERENCE_PNG),
+            "--out",
+            str(tmp_path / "g.png"),
+            "--metrics",
+            "ssim,phash",
+        )
+        == 0
+    )
     result = read_result(tmp_path / "g.png")
     assert result.size_policy["policy"] == "resize-to-smallest" and result.size_policy["size"] == [256, 256]
     for metric in ("ssim", "phash"):
@@ -137,7 +164,9 @@ def test_split_grid_then_compare(tmp_path, capsys):
 
 
 def test_module_entry_point_runs():
-    proc = subprocess.run([sys.executable, "-m", "cfgsim", "--version"], capture_output=True, text=True, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-m", "cfgsim", "--version"], capture_output=True, text=True, check=False
+    )
     assert proc.returncode == 0 and proc.stdout.startswith("cfgsim ")
 
 
@@ -192,9 +221,20 @@ def test_labels_with_html_and_path_characters(tmp_path, images, capsys):
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     out = out_dir / "g.png"
-    assert run("compare", *map(str, images), "--labels", labels, "--out", str(out), "--json",
-               str(out_dir / "r.json")) == 0
-    assert [i.label for i in read_result(out).items][0] == "<img src=x onerror=alert(1)>"
+    assert (
+        run(
+            "compare",
+            *map(str, images),
+            "--labels",
+            labels,
+            "--out",
+            str(out),
+            "--json",
+            str(out_dir / "r.json"),
+        )
+        == 0
+    )
+    assert read_result(out).items[0].label == "<img src=x onerror=alert(1)>"
     # Labels never become paths: only the files asked for were written, all in out/.
     assert sorted(p.name for p in out_dir.iterdir()) == sorted(["g.png", "g-heatmap-ssim.png", "r.json"])
 

@@ -9,7 +9,9 @@ from cfgsim.infotext import Infotext, format_value, quote
 
 
 def test_prompt_negative_and_params():
-    info = Infotext.parse("a cat\non a mat\nNegative prompt: ugly\nblurry\nSteps: 20, Sampler: Euler a, CFG scale: 7")
+    info = Infotext.parse(
+        "a cat\non a mat\nNegative prompt: ugly\nblurry\nSteps: 20, Sampler: Euler a, CFG scale: 7"
+    )
     assert info.prompt == "a cat\non a mat"
     assert info.negative_prompt == "ugly\nblurry"
     assert info.params == {"Steps": "20", "Sampler": "Euler a", "CFG scale": "7"}

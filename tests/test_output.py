@@ -32,8 +32,13 @@ def test_write_outputs(tmp_path):
     assert (out / "heatmap-ssim.png").is_file() and (out / "result.json").is_file()
     cells = sorted(p.name for p in (out / "cells").iterdir())
     # One file per successful cell (the last item's last seed failed in make_result).
-    assert cells == ["b_tuned_b-seed1337.png", "b_tuned_b-seed42.png", "base-seed1337.png",
-                     "base-seed42.png", "other-seed1337.png"]
+    assert cells == [
+        "b_tuned_b-seed1337.png",
+        "b_tuned_b-seed42.png",
+        "base-seed1337.png",
+        "base-seed42.png",
+        "other-seed1337.png",
+    ]
     stored = read_result(out / "grid.png")
     assert stored.cell(0, 0).file == str(out / "cells" / "base-seed1337.png")
     assert stored.cell(2, 1).status == "failed"

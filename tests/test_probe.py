@@ -28,7 +28,9 @@ def family_image(family: int, seed: int, noise: float, size: int = 64) -> Image.
 class FakeHost:
     name = "fake"
 
-    def __init__(self, checkpoints, *, loaded=None, fail=(), load_fail=(), stop_after=None, interrupt_in=None):
+    def __init__(
+        self, checkpoints, *, loaded=None, fail=(), load_fail=(), stop_after=None, interrupt_in=None
+    ):
         self._checkpoints = checkpoints
         self.loaded = loaded
         self.fail, self.load_fail = set(fail), set(load_fail)
@@ -50,8 +52,12 @@ class FakeHost:
             raise CheckpointLoadError(f"{checkpoint.name}: file not found")
         if checkpoint.name in self.fail:
             raise RuntimeError("CUDA out of memory")
-        family, noise = {"base": (1, 0.0), "tuned": (1, 0.05), "other": (2, 0.0), "xl": (3, 0.0)}[checkpoint.name]
-        return Generated(family_image(family, seed, noise), infotext=f"Seed: {seed}", settings={"VAE": "auto"})
+        family, noise = {"base": (1, 0.0), "tuned": (1, 0.05), "other": (2, 0.0), "xl": (3, 0.0)}[
+            checkpoint.name
+        ]
+        return Generated(
+            family_image(family, seed, noise), infotext=f"Seed: {seed}", settings={"VAE": "auto"}
+        )
 
     def progress(self, done, total, job):
         self.jobs.append((done, total, job))
@@ -73,7 +79,9 @@ def ssim():
 
 def test_every_checkpoint_and_seed_in_load_order(ssim):
     host = FakeHost(CKPTS, loaded="other")
-    result = run_probe(host, CKPTS, ProbeSpec(seeds="1, 2"), metrics=ssim, reference=Reference("item", 0, "base"))
+    result = run_probe(
+        host, CKPTS, ProbeSpec(seeds="1, 2"), metrics=ssim, reference=Reference("item", 0, "base")
+    )
     # The loaded checkpoint first, each checkpoint's seeds together; the grid keeps the user's order.
     assert host.calls == [("other", 1), ("other", 2), ("base", 1), ("base", 2), ("tuned", 1), ("tuned", 2)]
     assert [(c.item, c.row) for c in result.cells] == [(0, 0), (1, 0), (2, 0), (0, 1), (1, 1), (2, 1)]
@@ -84,8 +92,9 @@ def test_every_checkpoint_and_seed_in_load_order(ssim):
 
 
 def test_related_checkpoint_scores_closer_to_the_reference(ssim):
-    result = run_probe(FakeHost(CKPTS), CKPTS, ProbeSpec(seeds="1-3"), metrics=ssim,
-                       reference=Reference("item", 0, "base"))
+    result = run_probe(
+        FakeHost(CKPTS), CKPTS, ProbeSpec(seeds="1-3"), metrics=ssim, reference=Reference("item", 0, "base")
+    )
     scores = result.scores["ssim"]
     for row in range(3):
         vs = scores.vs_reference[row]
@@ -167,7 +176,7 @@ def assert_nested_close(a, b, tol=2e-6):
             assert_nested_close(a[key], b[key], tol)
     elif isinstance(a, list):
         assert len(a) == len(b)
-        for x, y in zip(a, b):
+        for x, y in zip(a, b, strict=True):
             assert_nested_close(x, y, tol)
     elif isinstance(a, float) and isinstance(b, float):
         assert abs(a - b) <= tol
@@ -184,12 +193,20 @@ def test_execution_order():
 def test_result_dict_round_trip(ssim):
     from cfgsim.result import ProbeResult
 
-    result = run_probe(FakeHost(CKPTS), CKPTS, ProbeSpec(seeds="1, 2", steps_override=8), metrics=ssim,
-                       reference=Reference("item", 0, "base"), preset="cfg1",
-                       deviations=[("Steps", "256", "8")])
+    result = run_probe(
+        FakeHost(CKPTS),
+        CKPTS,
+        ProbeSpec(seeds="1, 2", steps_override=8),
+        metrics=ssim,
+        reference=Reference("item", 0, "base"),
+        preset="cfg1",
+        deviations=[("Steps", "256", "8")],
+    )
     data = result.to_dict()
     again = ProbeResult.from_dict(data).to_dict()
     # Means and deviations are recomputed from the stored (6-decimal) matrices: equal to 1e-6.
-    assert {k: v for k, v in again.items() if k != "scores"} == {k: v for k, v in data.items() if k != "scores"}
+    assert {k: v for k, v in again.items() if k != "scores"} == {
+        k: v for k, v in data.items() if k != "scores"
+    }
     assert_nested_close(again["scores"], data["scores"])
     assert data["is_probe"] is False and data["deviations"] == [["Steps", "256", "8"]]

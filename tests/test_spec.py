@@ -10,7 +10,15 @@ from hypothesis import strategies as st
 
 from cfgsim.errors import InputError
 from cfgsim.infotext import Infotext
-from cfgsim.spec import DEFAULT_NEGATIVE, PRESETS, SPEC_LABELS, ProbeSpec, format_seeds, get_preset, parse_seeds
+from cfgsim.spec import (
+    DEFAULT_NEGATIVE,
+    PRESETS,
+    SPEC_LABELS,
+    ProbeSpec,
+    format_seeds,
+    get_preset,
+    parse_seeds,
+)
 
 REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
 REFERENCE_PNG = REFERENCE / "nai-925997e9-seed1337-cfg1-euler256.png"
@@ -18,7 +26,9 @@ REFERENCE_PNG = REFERENCE / "nai-925997e9-seed1337-cfg1-euler256.png"
 
 def reference_infotext() -> str:
     if not REFERENCE_PNG.is_file():
-        pytest.skip(f"the published reference image is not at {REFERENCE_PNG} (it lives in ../shared/reference)")
+        pytest.skip(
+            f"the published reference image is not at {REFERENCE_PNG} (it lives in ../shared/reference)"
+        )
     from PIL import Image
 
     with Image.open(REFERENCE_PNG) as im:
@@ -176,7 +186,9 @@ _text = st.text(st.characters(blacklist_categories=("Cs", "Cc")), max_size=40).m
     scheduler=st.sampled_from(["Automatic", "Karras"]),
     preview=st.one_of(st.none(), st.integers(1, 100)),
 )
-def test_spec_infotext_round_trip(prompt, negative, steps, cfg, seeds, size, clip_skip, sampler, scheduler, preview):
+def test_spec_infotext_round_trip(
+    prompt, negative, steps, cfg, seeds, size, clip_skip, sampler, scheduler, preview
+):
     spec = ProbeSpec(
         prompt=prompt,
         negative_prompt=negative,
