@@ -27,11 +27,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Compare images: N×N similarity matrices, scores against a reference, a grid.",
     )
     p.add_argument("images", nargs="*", metavar="IMG", help="two or more images")
-    ref = p.add_mutually_exclusive_group()
-    ref.add_argument("--reference", metavar="IMG", help="score every image against this image")
-    ref.add_argument("--reference-index", type=int, metavar="N", help="score against image N (0-based)")
-    p.add_argument(
-        "--metrics", default=",".join(DEFAULT_METRICS), help="comma list: ssim,clip,phash,psnr,rmse"
+    add_comparison_options(
+        p,
+        reference_help="score every image against this image",
+        index_help="score against image N (0-based)",
     )
     p.add_argument(
         "--labels", help="comma-separated labels, one per image (default: model from the infotext)"
@@ -39,9 +38,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="cfgsim-compare.png", help="grid PNG (or .jpg/.webp); heatmaps beside it")
     p.add_argument("--json", metavar="F", help="also write the result JSON here")
     p.add_argument("--csv", metavar="F", help="also write the scores as CSV here")
-    p.add_argument("--no-overlays", action="store_true", help="grid without scores drawn on the cells")
-    p.add_argument("--clip-model", default=None, help="open_clip model name for the clip metric")
-    p.add_argument("--clip-pretrained", default=None, help="open_clip pretrained tag or a local weights file")
     p.set_defaults(func=cmd_compare)
 
     s = sub.add_parser(
@@ -61,6 +57,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     i.add_argument("grid", metavar="GRID")
     i.add_argument("--json", action="store_true", help="print the stored JSON document")
     i.set_defaults(func=cmd_inspect)
+
+
+def add_comparison_options(p: argparse.ArgumentParser, *, reference_help: str, index_help: str) -> None:
+    """The options every command that compares shares: reference, metrics, overlays, CLIP model."""
+    ref = p.add_mutually_exclusive_group()
+    ref.add_argument("--reference", metavar="IMG", help=reference_help)
+    ref.add_argument("--reference-index", type=int, metavar="N", help=index_help)
+    p.add_argument(
+        "--metrics", default=",".join(DEFAULT_METRICS), help="comma list: ssim,clip,phash,psnr,rmse"
+    )
+    p.add_argument("--no-overlays", action="store_true", help="grid without scores drawn on the cells")
+    p.add_argument("--clip-model", default=None, help="open_clip model name for the clip metric")
+    p.add_argument("--clip-pretrained", default=None, help="open_clip pretrained tag or a local weights file")
 
 
 def metric_options(args: argparse.Namespace) -> dict[str, dict]:

@@ -18,7 +18,7 @@ STANDALONE_EXTRA = "pip install 'cfgsim[standalone]'"
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``probe`` and ``demo`` to the ``cfgsim`` parser's subcommands."""
-    from cfgsim.compare import DEFAULT_METRICS
+    from cfgsim.commands import add_comparison_options
     from cfgsim.spec import DEFAULT_PRESET, PRESETS
 
     p = sub.add_parser(
@@ -34,15 +34,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--preset", default=DEFAULT_PRESET, choices=list(PRESETS), help="probe settings (default: cfg1)"
     )
     p.add_argument("--seeds", default=None, help="seeds, e.g. 1337 or '1-20' (default: the preset's)")
-    ref = p.add_mutually_exclusive_group()
-    ref.add_argument(
-        "--reference",
-        metavar="IMG",
-        help="score against this image; its WebUI parameters set the probe's settings",
-    )
-    ref.add_argument("--reference-index", type=int, metavar="N", help="score against checkpoint N (0-based)")
-    p.add_argument(
-        "--metrics", default=",".join(DEFAULT_METRICS), help="comma list: ssim,clip,phash,psnr,rmse"
+    add_comparison_options(
+        p,
+        reference_help="score against this image; its WebUI parameters set the probe's settings",
+        index_help="score against checkpoint N (0-based)",
     )
     p.add_argument(
         "--config-dir",
@@ -63,9 +58,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--out", required=True, metavar="DIR", help="output folder (grid, heatmaps, result.json, cells)"
     )
-    p.add_argument("--no-overlays", action="store_true", help="grid without scores drawn on the cells")
-    p.add_argument("--clip-model", default=None, help="open_clip model name for the clip metric")
-    p.add_argument("--clip-pretrained", default=None, help="open_clip pretrained tag or a local weights file")
     p.set_defaults(func=cmd_probe)
 
     d = sub.add_parser(
