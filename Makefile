@@ -8,7 +8,10 @@ TORCH  ?= torch==2.14.1 torchvision==0.29.1
 # The WebUI's pinned versions (A1111 1.8-1.10 and Forge): the core must work on them.
 PINS   ?= Pillow==9.5.0 numpy==1.26.2 scikit-image==0.21.0 open-clip-torch==2.20.0
 PINS_CORE ?= Pillow==9.5.0 numpy==1.26.2 scikit-image==0.21.0
-PYTHON310 ?= $(shell command -v python3.10)
+# pyenv installs a python3.10 shim even where 3.10 is not the selected version: take the first
+# interpreter that really runs.
+PYTHON310 ?= $(shell for p in python3.10 $$HOME/.pyenv/versions/3.10*/bin/python3.10 /usr/bin/python3.10; do \
+	$$p -c '' 2>/dev/null && { command -v $$p || echo $$p; } && break; done)
 PYTEST_ARGS ?=
 
 .PHONY: demo test test-pins test-py310 lint bench setup clean
@@ -45,6 +48,7 @@ test-pins: .venv-pins/.cfgsim-installed
 
 # Python 3.10 (the WebUI's) with the pins; no torch there, so the CLIP tests skip with a reason.
 .venv-py310/.cfgsim-installed: pyproject.toml
+	@test -n "$(PYTHON310)" || { echo "make test-py310: no Python 3.10 interpreter found"; exit 1; }
 	$(PYTHON310) -m venv .venv-py310
 	.venv-py310/bin/python -m pip install -q $(PINS_CORE) scipy tqdm pytest hypothesis
 	.venv-py310/bin/python -m pip install -q --no-deps -e .
