@@ -156,7 +156,17 @@ def _random_clip(seed: int) -> dict[str, torch.Tensor]:
 
     torch.manual_seed(seed)
     model = CLIPTextModel(CLIPTextConfig(**{k: v for k, v in CLIP_CONFIG.items() if k != "architectures"}))
-    return {k: v.detach().clone() for k, v in model.state_dict().items() if not k.endswith("position_ids")}
+    state = {k: v.detach().clone() for k, v in model.state_dict().items() if not k.endswith("position_ids")}
+    # A fresh LayerNorm (weight 1, bias 0) makes the text encoder's output average to zero — for
+    # some weights to the last bit — and the WebUI's emphasis step divides by that average
+    # (original_mean / new_mean): NaN, and A1111 refuses the image. Trained encoders have norm
+    # parameters away from (1, 0); give these the same.
+    generator = torch.Generator().manual_seed(seed)
+    for key, value in state.items():
+        if "layer_norm" in key:
+            jitter = 0.1 * torch.randn(value.shape, generator=generator)
+            state[key] = value + jitter if key.endswith(".weight") else jitter
+    return state
 
 
 def _random_vae(seed: int) -> dict[str, torch.Tensor]:
