@@ -77,3 +77,24 @@ def test_demo_command(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert code == 0
     assert "finetune" in printed and "unrelated-2" in printed and "grid.png" in printed
+
+
+def test_text_encoders_do_not_average_to_zero():
+    """A1111's "Original" emphasis rescales the text encoder's output by original_mean / new_mean
+    (modules/sd_emphasis.py, EmphasisOriginal.after_transformers): an output averaging to exactly
+    zero — what fresh LayerNorms (weight 1, bias 0) gave the demo's merge — turns into NaN there and
+    the WebUI refuses the image. Every demo text encoder must stay clear of that."""
+    import torch
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from cfgsim.standalone.demo import CLIP_CONFIG, family_weights
+
+    config = CLIPTextConfig(**{k: v for k, v in CLIP_CONFIG.items() if k != "architectures"})
+    ids = torch.tensor([[49406] + [49407] * 76])  # the empty prompt: BOS, then EOS padding
+    for name, parts in family_weights().items():
+        model = CLIPTextModel(config)
+        model.load_state_dict(parts["clip"], strict=False)
+        with torch.no_grad():
+            hidden = model(ids, output_hidden_states=True).hidden_states[-2]
+            z = getattr(model, "text_model", model).final_layer_norm(hidden)  # transformers 4 | 5
+        assert abs(float(z.float().mean())) > 1e-3, name
