@@ -199,20 +199,19 @@ def cmd_split_grid(args: argparse.Namespace) -> int:
     text, _ = read_metadata(path)
     split = split_grid(image, args.rows, args.cols, infotext=text)
     out = Path(args.out) if args.out else path.with_name(path.stem + "-cells")
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"{out}: cannot create the output folder ({exc.strerror or exc})") from exc
+    # Cells are named by the grid's axis values when its infotext has them, else by position.
     x_values, y_values = split.axis_values or (None, None)
-    col_names = unique_filenames(list(x_values)) if x_values and len(x_values) == args.cols else None
-    row_names = unique_filenames(list(y_values)) if y_values and len(y_values) == args.rows else None
+    cols = unique_filenames(list(x_values)) if x_values and len(x_values) == args.cols else None
+    rows = unique_filenames(list(y_values)) if y_values and len(y_values) == args.rows else None
+    cols = cols or [f"c{c + 1}" for c in range(args.cols)]
+    rows = rows or [f"r{r + 1}" for r in range(args.rows)]
     for r, row in enumerate(split.cells):
         for c, cell in enumerate(row):
-            name = f"r{r + 1}-c{c + 1}"
-            if col_names or row_names:
-                name = "-".join(
-                    n
-                    for n in ((row_names or [None] * args.rows)[r], (col_names or [None] * args.cols)[c])
-                    if n
-                )
-            atomic_save_image(cell, out / f"{name}.png")
+            atomic_save_image(cell, out / f"{rows[r]}-{cols[c]}.png")
     left, top = split.margins
     w, h = split.cell_size
     print(f"{path}: {args.rows}x{args.cols} cells of {w}x{h} px, label margins left {left} px, top {top} px")

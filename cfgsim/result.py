@@ -7,6 +7,7 @@ Nothing here computes a score or draws a pixel: :mod:`cfgsim.compare` fills ``sc
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -135,13 +136,10 @@ class MetricScores:
 def _nan_stat(fn, arrays: Sequence[np.ndarray]) -> np.ndarray:
     if not arrays:
         return np.zeros((0,))
-    stack = np.stack(arrays)
-    with np.errstate(all="ignore"):
-        import warnings
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            return fn(stack, axis=0)
+    # An item missing from every row has an all-NaN column: its statistic is NaN, not a warning.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return fn(np.stack(arrays), axis=0)
 
 
 def _json_matrix(a: np.ndarray | None) -> object:

@@ -17,7 +17,7 @@ from PIL.PngImagePlugin import PngInfo
 from cfgsim.cli import main
 from cfgsim.metadata import read_metadata, read_result
 from cfgsim.spec import ProbeSpec
-from tests.helpers import item_image, smooth_image, webui_grid
+from tests.helpers import item_image, smooth_image, webui_grid, webui_infotext
 
 REFERENCE_PNG = (
     Path(__file__).resolve().parents[1].parent
@@ -161,6 +161,18 @@ def test_split_grid_then_compare(tmp_path, capsys):
     first = Image.open(tmp_path / "cells" / "r1-c1.png")
     assert first.size == (96, 96)
     assert "2x3 cells of 96x96 px" in capsys.readouterr().out
+
+
+def test_split_grid_names_cells_by_the_grids_axis_values(tmp_path, capsys):
+    cells = [[item_image(c, r, (96, 96)) for c in range(2)] for r in range(2)]
+    grid, _ = webui_grid(cells, ["anime/v3", "base"], ["1337", "42"])
+    path = tmp_path / "xy.png"
+    info = PngInfo()
+    info.add_text("parameters", webui_infotext("anime/v3, base", "1337, 42"))
+    grid.save(path, pnginfo=info)
+    assert run("split-grid", str(path), "--rows", "2", "--cols", "2", "--out", str(tmp_path / "cells")) == 0
+    names = sorted(p.name for p in (tmp_path / "cells").iterdir())
+    assert names == ["1337-anime_v3.png", "1337-base.png", "42-anime_v3.png", "42-base.png"]
 
 
 def test_module_entry_point_runs():
