@@ -72,6 +72,23 @@ def add_comparison_options(p: argparse.ArgumentParser, *, reference_help: str, i
     p.add_argument("--clip-pretrained", default=None, help="open_clip pretrained tag or a local weights file")
 
 
+def reference_from_args(
+    args: argparse.Namespace, labels: list[str], *, what: str
+) -> tuple[Reference, str | None]:
+    """(Reference, the reference image's infotext or None) from ``--reference`` / ``--reference-index``."""
+    if args.reference:
+        path = Path(args.reference)
+        text, _ = read_metadata(path)
+        return Reference("image", None, path.stem, str(path), load_image(path), text or ""), text
+    if args.reference_index is not None:
+        if not 0 <= args.reference_index < len(labels):
+            raise InputError(
+                f"--reference-index {args.reference_index}: there are {len(labels)} {what} (0-based)"
+            )
+        return Reference("item", args.reference_index, labels[args.reference_index]), None
+    return Reference(), None
+
+
 def metric_options(args: argparse.Namespace) -> dict[str, dict]:
     clip: dict[str, str] = {}
     if getattr(args, "clip_model", None):
@@ -118,22 +135,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
         if len(set(labels)) != len(labels):
             labels = [str(path) for path in paths]
 
-    reference = Reference()
+    reference, ref_text = reference_from_args(args, labels, what="images")
     spec_source = next((info for info in infos if info and info.params), None)
-    if args.reference:
-        ref_path = Path(args.reference)
-        ref_text, _ = read_metadata(ref_path)
-        reference = Reference(
-            "image", None, ref_path.stem, str(ref_path), load_image(ref_path), ref_text or ""
-        )
-        if ref_text:
-            spec_source = Infotext.parse(ref_text)
-    elif args.reference_index is not None:
-        if not 0 <= args.reference_index < len(paths):
-            raise InputError(
-                f"--reference-index {args.reference_index}: there are {len(paths)} images (0-based)"
-            )
-        reference = Reference("item", args.reference_index, labels[args.reference_index])
+    if ref_text:
+        spec_source = Infotext.parse(ref_text)
 
     spec = ProbeSpec.from_infotext(spec_source) if spec_source else ProbeSpec()
     seeds = {info.params.get("Seed") for info in infos if info}

@@ -34,7 +34,9 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from cfgsim.errors import InputError
+from cfgsim.imageio import to_rgb
 from cfgsim.result import FAILED, SKIPPED, MetricScores, ProbeResult
+from cfgsim.spec import ProbeSpec
 
 RGB = tuple[int, int, int]
 
@@ -430,12 +432,7 @@ def _grid_cell_size(result: ProbeResult, cell_size: tuple[int, int] | int | None
 def fit_image(image: Image.Image, size: tuple[int, int], background: RGB = (32, 32, 32)) -> Image.Image:
     """``image`` as RGB of exactly ``size``: resized keeping its aspect ratio, centred (letterboxed)."""
     if image.mode != "RGB":
-        if image.mode in ("RGBA", "LA", "P"):
-            rgba = image.convert("RGBA")
-            base = Image.new("RGBA", rgba.size, (*BACKGROUND, 255))
-            image = Image.alpha_composite(base, rgba).convert("RGB")
-        else:
-            image = image.convert("RGB")
+        image = to_rgb(image)
     if image.size == tuple(size):
         return image
     scale = min(size[0] / image.width, size[1] / image.height)
@@ -448,11 +445,14 @@ def fit_image(image: Image.Image, size: tuple[int, int], background: RGB = (32, 
     return out
 
 
+def _preview_warning(spec: ProbeSpec) -> str:
+    return f"QUICK PREVIEW \u2014 {spec.effective_steps} steps, not the probe ({spec.steps} steps)"
+
+
 def _banner_lines(result: ProbeResult) -> list[str]:
     lines = []
-    spec = result.spec
-    if not spec.is_probe:
-        lines.append(f"QUICK PREVIEW \u2014 {spec.effective_steps} steps, not the probe ({spec.steps} steps)")
+    if not result.spec.is_probe:
+        lines.append(_preview_warning(result.spec))
     if result.interrupted:
         # Cells skipped for their architecture were never going to run; the others were cut short.
         not_run = sum(
@@ -900,9 +900,7 @@ def render_heatmap(result: ProbeResult, metric: str, *, row: int | None = None) 
     sub_lines = wrap_text(subtitle, font, text_w, max_lines=3)
     warn_lines = []
     if not result.spec.is_probe:
-        spec = result.spec
-        warn = f"QUICK PREVIEW \u2014 {spec.effective_steps} steps, not the probe ({spec.steps} steps)"
-        warn_lines = wrap_text(warn, bold, text_w)
+        warn_lines = wrap_text(_preview_warning(result.spec), bold, text_w)
     head_h = _block_height(len(title_lines), title_font) + spacing + _block_height(len(sub_lines), font)
     if warn_lines:
         head_h += spacing + _block_height(len(warn_lines), bold)

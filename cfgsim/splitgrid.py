@@ -289,13 +289,13 @@ def _labelled_layout(
         # left = 3/4 of a cell: left = 0.75 * (width - left - (cols - 1) * gap) / cols.
         prior = 0.75 * (width - (cols - 1) * gx) / (cols + 0.75)
         lefts = [0] + [x for x in range(int(prior) - 1, int(prior) + 3) if 0 < x < x_axis.margins.size]
+        top_scores = list(zip(tops.tolist(), y_axis.scores(tops, gy).tolist(), strict=True))
         for left in lefts:
             x_score = float(x_axis.scores(np.array([left]), gx)[0])
             if x_score < 0 or not x_axis.margin_ok[left]:
                 continue  # the margin or the gaps are not background
             cw = x_axis.cell(left, gx)
-            y_scores = y_axis.scores(tops, gy)
-            for top, y_score in zip(tops.tolist(), y_scores.tolist(), strict=True):
+            for top, y_score in top_scores:
                 if (left == 0 and top == 0) or y_score < 0:
                     continue
                 ch = y_axis.cell(top, gy)

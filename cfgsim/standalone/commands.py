@@ -99,25 +99,6 @@ def _offline() -> None:
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
-def _reference(args: argparse.Namespace, labels: list[str]):
-    """(Reference, infotext of the reference image or None) from --reference / --reference-index."""
-    from cfgsim.imageio import load_image
-    from cfgsim.metadata import read_metadata
-    from cfgsim.result import Reference
-
-    if args.reference:
-        path = Path(args.reference)
-        text, _ = read_metadata(path)
-        return Reference("image", None, path.stem, str(path), load_image(path), text or ""), text
-    if args.reference_index is not None:
-        if not 0 <= args.reference_index < len(labels):
-            raise InputError(
-                f"--reference-index {args.reference_index}: there are {len(labels)} checkpoints (0-based)"
-            )
-        return Reference("item", args.reference_index, labels[args.reference_index]), None
-    return Reference(), None
-
-
 def probe_spec(args: argparse.Namespace, reference_infotext: str | None):
     """(spec, deviations from the preset, rng source) from the preset, the reference image and the flags.
 
@@ -148,7 +129,7 @@ def probe_spec(args: argparse.Namespace, reference_infotext: str | None):
 def cmd_probe(args: argparse.Namespace) -> int:
     _require_extra()
     _offline()
-    from cfgsim.commands import metric_options
+    from cfgsim.commands import metric_options, reference_from_args
     from cfgsim.compare import build_metrics
     from cfgsim.output import summary_table, write_outputs
     from cfgsim.probe import run_probe
@@ -160,7 +141,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
     paths = [check_checkpoint_path(p) for p in args.checkpoints]
     metrics = build_metrics(args.metrics, metric_options(args))
     labels = [p.stem for p in paths]
-    reference, ref_text = _reference(args, labels)
+    reference, ref_text = reference_from_args(args, labels, what="checkpoints")
     spec, deviations, rng = probe_spec(args, ref_text)
     check_spec(spec)
     for label, preset_value, used in deviations:

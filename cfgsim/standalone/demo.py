@@ -346,15 +346,14 @@ def write_config_dir(folder: Path) -> Path:
     import diffusers
 
     folder.mkdir(parents=True, exist_ok=True)
-    write_json = _write_json
-    write_json(folder / "unet" / "config.json", {"_class_name": "UNet2DConditionModel", **UNET_CONFIG})
-    write_json(folder / "vae" / "config.json", {"_class_name": "AutoencoderKL", **VAE_CONFIG})
-    write_json(folder / "text_encoder" / "config.json", CLIP_CONFIG)
-    write_json(folder / "scheduler" / "scheduler_config.json", SCHEDULER_CONFIG)
+    _write_json(folder / "unet" / "config.json", {"_class_name": "UNet2DConditionModel", **UNET_CONFIG})
+    _write_json(folder / "vae" / "config.json", {"_class_name": "AutoencoderKL", **VAE_CONFIG})
+    _write_json(folder / "text_encoder" / "config.json", CLIP_CONFIG)
+    _write_json(folder / "scheduler" / "scheduler_config.json", SCHEDULER_CONFIG)
     write_clip_tokenizer(folder / "tokenizer")
     for name in os.listdir(folder / "tokenizer"):
         shutil.copyfile(folder / "tokenizer" / name, folder / "text_encoder" / name)
-    write_json(
+    _write_json(
         folder / "model_index.json",
         {
             "_class_name": "StableDiffusionPipeline",

@@ -150,8 +150,6 @@ class StandaloneHost:
         path = Path(checkpoint.file or checkpoint.name)
         try:
             models = load_models(path, self.config, tokenizer=self._tokenizer, device=self.device)
-        except CheckpointLoadError:
-            raise
         except (OSError, RuntimeError) as exc:
             raise CheckpointLoadError(f"{path.name}: {exc}") from exc
         self._loaded = (checkpoint.name, models)

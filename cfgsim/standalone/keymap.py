@@ -182,7 +182,7 @@ def _fit_shape(tensor: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
     """``tensor`` reshaped to ``shape`` when they differ only in trailing 1-sized dims (1x1 conv ↔ linear)."""
     if tuple(tensor.shape) == tuple(shape):
         return tensor
-    squeezed = [d for d in tensor.shape]
+    squeezed = list(tensor.shape)
     while squeezed and squeezed[-1] == 1 and len(squeezed) > len(shape):
         squeezed.pop()
     if tuple(squeezed) == tuple(shape) or (
@@ -223,20 +223,14 @@ def to_diffusers(
     return out
 
 
-def to_ldm(
-    state: Mapping[str, torch.Tensor],
-    mapping: Mapping[str, str],
-    ldm_shapes: Mapping[str, Sequence[int]] | None = None,
-) -> dict[str, torch.Tensor]:
+def to_ldm(state: Mapping[str, torch.Tensor], mapping: Mapping[str, str]) -> dict[str, torch.Tensor]:
     """The inverse of :func:`to_diffusers`. VAE attention weights become 1x1 convolutions again."""
     out = {}
     for key, value in state.items():
         if key not in mapping:
             continue
         ldm = mapping[key]
-        if ldm_shapes is not None and ldm in ldm_shapes:
-            out[ldm] = _fit_shape(value, ldm_shapes[ldm])
-        elif (
+        if (
             ldm.startswith(VAE_PREFIX)
             and ".mid.attn_1." in ldm
             and ldm.endswith(".weight")

@@ -17,6 +17,8 @@ import json
 import os
 from pathlib import Path
 
+from cfgsim.errors import InputError
+
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 VOCAB_SIZE = 49408
 _N_MERGES = 49152 - 256 - 2
@@ -27,15 +29,11 @@ def bpe_path() -> Path:
     try:
         import open_clip
     except ImportError as exc:
-        from cfgsim.errors import InputError
-
         raise InputError(
             "the CLIP tokenizer is built from open_clip's vocabulary: pip install open-clip-torch"
         ) from exc
     path = Path(open_clip.__file__).parent / "bpe_simple_vocab_16e6.txt.gz"
     if not path.is_file():
-        from cfgsim.errors import InputError
-
         raise InputError(f"open_clip has no {path.name} (looked in {path.parent})")
     return path
 
