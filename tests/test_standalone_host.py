@@ -186,6 +186,8 @@ def test_cli_probe_errors(family, tmp_path, capsys):
     )
     code = main(["probe", str(family.checkpoints[0]), "--reference", str(ref), "--out", str(tmp_path / "o")])
     assert code == 2 and "CFG 1 probe only" in capsys.readouterr().err
+    code = main(["probe", str(family.checkpoints[0]), "--reference-index", "1", "--out", str(tmp_path / "o")])
+    assert code == 2 and "--reference-index 1: there are 1 checkpoints" in capsys.readouterr().err
 
 
 def test_imports_without_torch():
