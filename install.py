@@ -54,12 +54,12 @@ def normalise(name: str) -> str:
 def read_dependencies(path: str = PYPROJECT) -> list[str]:
     """``[project] dependencies`` of ``path``."""
     with open(path, "rb") as file:
-        raw = file.read()
+        text = file.read().decode("utf-8")
     toml = _toml_module()
     if toml is not None:
-        data = toml.loads(raw.decode("utf-8"))
+        data = toml.loads(text)
         return [str(item) for item in data.get("project", {}).get("dependencies", [])]
-    return parse_dependencies(raw.decode("utf-8"))
+    return parse_dependencies(text)
 
 
 def _toml_module():
@@ -251,13 +251,12 @@ def plan(
             notes.append(f"{name}: left to the WebUI (never installed by cfgsim)")
             continue
         have = version_of(name)
-        if have is None:
+        if have is not None and satisfies(have, specs):
+            continue
+        if have is not None and key in NEVER_UPGRADE:
+            notes.append(f"{name} {have} is older than cfgsim asks ({text}); kept: the WebUI pins it")
+        else:
             to_install.append(text.split(";")[0].strip())
-        elif not satisfies(have, specs):
-            if key in NEVER_UPGRADE:
-                notes.append(f"{name} {have} is older than cfgsim asks ({text}); kept: the WebUI pins it")
-            else:
-                to_install.append(text.split(";")[0].strip())
     return to_install, notes
 
 

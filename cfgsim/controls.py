@@ -345,7 +345,7 @@ def api_table() -> str:
     lines = ["| # | name | label | type | default |", "|---|---|---|---|---|"]
     types = {
         "checkpoints": "list of checkpoint titles or names",
-        "choice": "string: " + "{choices}",
+        "choice": "string: {choices}",
         "index": "int: {indexed}",
         "checkpoint": "checkpoint title or name",
         "text": "string",

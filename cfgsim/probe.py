@@ -45,7 +45,8 @@ def execution_order(checkpoints: Sequence[Checkpoint], current: str | None) -> l
     return order
 
 
-def _error_text(exc: BaseException) -> str:
+def error_text(exc: BaseException) -> str:
+    """How a failure reads on a failed cell: "RuntimeError: CUDA out of memory"."""
     text = str(exc).strip()
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
@@ -118,11 +119,11 @@ def run_probe(
                 cell.status, cell.reason = SKIPPED, INTERRUPTED_REASON
                 continue
             except CheckpointLoadError as exc:
-                load_error = _error_text(exc)
+                load_error = error_text(exc)
                 cell.status, cell.reason = FAILED, load_error
                 log.warning("cfgsim: %s could not be loaded: %s", checkpoint.label, load_error)
             except Exception as exc:  # a failed cell is reported on the grid; the run goes on
-                cell.status, cell.reason = FAILED, _error_text(exc)
+                cell.status, cell.reason = FAILED, error_text(exc)
                 log.warning("cfgsim: %s seed %s failed: %s", checkpoint.label, seed, cell.reason)
             else:
                 cell.status, cell.image, cell.infotext = OK, generated.image, generated.infotext

@@ -25,6 +25,7 @@ Constraints from the WebUI that shape this file (see the project's design notes)
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
 import json
@@ -42,10 +43,10 @@ from cfgsim import controls, grid, metadata, report
 from cfgsim.compare import build_metrics
 from cfgsim.errors import InputError
 from cfgsim.host import Checkpoint, CheckpointLoadError, Generated, ProbeInterrupted
-from cfgsim.infotext import Infotext
+from cfgsim.infotext import Infotext, format_value
 from cfgsim.metrics.clip import DEFAULT_MODEL as CLIP_DEFAULT_MODEL
 from cfgsim.metrics.clip import DEFAULT_PRETRAINED as CLIP_DEFAULT_PRETRAINED
-from cfgsim.probe import run_probe
+from cfgsim.probe import error_text, run_probe
 from cfgsim.result import ProbeResult, Reference
 from cfgsim.spec import format_seeds, get_preset
 from cfgsim.standalone.checkpoint import (
@@ -60,7 +61,6 @@ log = logging.getLogger("cfgsim")
 TITLE = "CFG 1.0 similarity probe"
 SETTINGS_SECTION = ("cfgsim", "CFG similarity")
 GRID_BASENAME = "cfgsim"
-JSON_CHUNK = metadata.PNG_JSON_KEY  # the PNG text chunk beside "parameters"
 
 OVERLAY_STYLES = ("All selected metrics", "First metric only")
 
@@ -337,7 +337,7 @@ class WebUIHost:
             loaded = self.loaded_info()
             if loaded is None or getattr(loaded, "filename", None) != info.filename:
                 forget_failed_forge_load(self.sd_models)
-                raise CheckpointLoadError(f"loading failed: {_error_text(exc)}") from exc
+                raise CheckpointLoadError(f"loading failed: {error_text(exc)}") from exc
             raise
         if getattr(state, "interrupted", False):
             raise ProbeInterrupted()  # sampling was cut short: the image is not a probe image
@@ -355,10 +355,8 @@ class WebUIHost:
             raise CheckpointLoadError(reason or arch)
         image = processed.images[0]
         infotext = (processed.infotexts or [processed.info])[0] or ""
-        settings = {}
-        vae = getattr(processed, "sd_vae_name", None)
-        settings["VAE in use"] = vae or "from the checkpoint"
-        return Generated(image=image, infotext=infotext, settings=settings)
+        vae = getattr(processed, "sd_vae_name", None) or "from the checkpoint"
+        return Generated(image=image, infotext=infotext, settings={"VAE in use": vae})
 
     def progress(self, done: int, total: int, job: str) -> None:
         state = self.shared.state
@@ -379,24 +377,13 @@ class WebUIHost:
         env = {"WebUI": webui_name(), "Version": webui_version()}
         data = getattr(opts, "data", {}) or {}
         labels = getattr(opts, "data_labels", {}) or {}
-        for label, key, _default in RECORDED_OPTIONS:
+        for label, key, default in RECORDED_OPTIONS:
             if key in data or key in labels:
-                env[label] = _text(setting(opts, key, _default))
+                env[label] = format_value(setting(opts, key, default))
         env["Precision"] = precision_text(self.shared)
         env["Always-on scripts"] = "off during the probe"
         env["cfgsim"] = cfgsim_version
         return env
-
-
-def _text(value: object) -> str:
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return str(value)
-
-
-def _error_text(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def webui_name() -> str:
@@ -407,13 +394,9 @@ def webui_name() -> str:
         return "AUTOMATIC1111"
 
 
-_VERSION: list[str] = []
-
-
+@functools.cache
 def webui_version() -> str:
     """The WebUI's version: Forge's version file, else the git tag the WebUI itself reports."""
-    if _VERSION:
-        return _VERSION[0]
     version = ""
     try:
         forge_version = importlib.import_module("modules_forge.forge_version")
@@ -426,10 +409,7 @@ def webui_version() -> str:
             version = str(launch_utils.git_tag())
         except Exception:  # the version is informative: never fail a run over it
             version = ""
-    if version in ("", "<none>"):
-        version = "unknown"
-    _VERSION.append(version)
-    return version
+    return "unknown" if version in ("", "<none>") else version
 
 
 def precision_text(shared_mod: Any) -> str:
@@ -668,7 +648,7 @@ def grid_infotext(result: ProbeResult, opts: Any) -> str:
     info = Infotext.parse(metadata.grid_infotext(result))
     env = result.environment
     for label, key, default in RECORDED_OPTIONS:
-        if label in env and env[label] != _text(default) and key != "sd_vae":
+        if label in env and env[label] != format_value(default) and key != "sd_vae":
             info.params[label] = env[label]
     if env.get("Version") and setting(opts, "add_version_to_infotext", True):
         info.params["Version"] = env["Version"]
@@ -705,7 +685,7 @@ def save_grid(
         short_filename=not setting(opts, "grid_extended_filename", False),
         p=p,
         grid=True,
-        existing_info={JSON_CHUNK: json_text},
+        existing_info={metadata.PNG_JSON_KEY: json_text},
     )
     if fullfn and (not fullfn.lower().endswith(".png") or not setting(opts, "enable_pnginfo", True)):
         metadata.atomic_write_bytes(metadata.sidecar_path(fullfn), json_text.encode("utf-8"))
@@ -819,10 +799,10 @@ def build_processed(
     if saved:
         data["grid_file"] = os.path.abspath(saved)
     # processed.js() (the API's "info") serialises extra_generation_params: the matrix goes there.
-    pr.extra_generation_params = {JSON_CHUNK: data}
+    pr.extra_generation_params = {metadata.PNG_JSON_KEY: data}
     # The WebUI shows comments under the gallery; cfgsim.js turns this text into the table.
     pr.comments = {report.report_html(result): 1}
-    processed = processing_mod.Processed(
+    return processing_mod.Processed(
         pr,
         gallery,
         seed=spec.seeds[0],
@@ -835,7 +815,6 @@ def build_processed(
         index_of_first_image=n_grids if include_images else 0,
         infotexts=infotexts,
     )
-    return processed
 
 
 # -- the Script ------------------------------------------------------------------------------------
@@ -915,7 +894,7 @@ class Script(scripts.Script):
         with gr.Group(elem_id="cfgsim_panel", elem_classes=["cfgsim-panel"]):
             with gr.Row(elem_classes=["cfgsim-row"]):
                 checkpoints = make("checkpoints")
-                refresh = self._refresh_button(checkpoints)
+                self._refresh_button(checkpoints)
             with gr.Row(elem_classes=["cfgsim-row"]):
                 preset = make("preset")
                 seeds = make("seeds")
@@ -963,7 +942,6 @@ class Script(scripts.Script):
             component.change(
                 fn=reference_info_html, inputs=[preset, seeds, mode, image, preview], outputs=[info]
             )
-        del refresh
         return [made[name] for name in controls.CONTROL_NAMES]
 
     def _refresh_button(self, checkpoints: Any) -> Any:
