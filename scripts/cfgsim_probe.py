@@ -377,8 +377,13 @@ class WebUIHost:
         env = {"WebUI": webui_name(), "Version": webui_version()}
         data = getattr(opts, "data", {}) or {}
         labels = getattr(opts, "data_labels", {}) or {}
+        # The request's own override_settings (API callers set e.g. randn_source there) apply to
+        # every cell (probe_processing keeps them): record those values, not the global options.
+        requested = getattr(self.p, "override_settings", None) or {}
         for label, key, default in RECORDED_OPTIONS:
-            if key in data or key in labels:
+            if key in requested:
+                env[label] = format_value(requested[key])
+            elif key in data or key in labels:
                 env[label] = format_value(setting(opts, key, default))
         env["Precision"] = precision_text(self.shared)
         env["Always-on scripts"] = "off during the probe"

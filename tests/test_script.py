@@ -300,6 +300,18 @@ def test_unknown_checkpoint_over_the_api_is_a_failed_cell(webui, p):
 # -- output ----------------------------------------------------------------------------------------
 
 
+def test_requested_override_settings_are_what_gets_recorded(webui, p):
+    """An API caller's override_settings apply to every cell: the metadata must say what was used."""
+    web = webui()
+    p.override_settings = {"randn_source": "NV", "emphasis": "No norm"}
+    processed = run(web, p, ["base", "other"])
+    assert all(got["override_settings"]["randn_source"] == "NV" for got in web.received)
+    info = Infotext.parse(processed.info)
+    assert info.params["RNG"] == "NV"
+    environment = cfgsim_json(processed)["environment"]
+    assert environment["RNG"] == "NV" and environment["Emphasis"] == "No norm"
+
+
 def test_saved_grid_carries_infotext_and_json(webui, p):
     web = webui()
     processed = run(web, p, ["base", "tuned", "other"], reference_mode=1, reference_checkpoint="base")
