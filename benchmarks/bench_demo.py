@@ -4,8 +4,12 @@
     python benchmarks/bench_demo.py --seeds 1-3     # the lineage over more seeds
 
 Prints the wall-clock and CPU time of the build and of the probe, the time per image and the SSIM
-scores against ``base``. Wall-clock time decides; CPU time is shown too, because on a machine
-shared with other jobs the wall clock stretches. Exits with status 1 when the lineage order
+scores against ``base``. Baseline, measured in the same run: the bare model compute of one probe
+image — the same base checkpoint's UNet called once per step on a fixed latent, then one VAE
+decode, with none of the runner around it. The ratio per image / baseline is the runner's overhead
+(schedule, noise, text encoding, loading, comparison and writing the outputs). Wall-clock time
+decides; CPU time is shown too, because on a machine shared with other jobs the wall clock
+stretches. Exits with status 1 when the lineage order
 (fine-tune > merge > both unrelated, every seed) does not hold or the run takes longer than
 ``--max-seconds`` (300).
 """
@@ -22,6 +26,25 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def bare_model_seconds(family, steps: int, size: int) -> float:
+    """Seconds for ``steps`` UNet calls and one VAE decode of the family's base model: the floor."""
+    import torch
+
+    from cfgsim.standalone.configs import load_config_dir
+    from cfgsim.standalone.pipeline import load_models, load_tokenizer
+
+    config = load_config_dir(family.config_dir)
+    models = load_models(family.checkpoints[0], config, tokenizer=load_tokenizer(config))
+    latent = torch.randn(1, 4, size // 8, size // 8, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        cond = models.text.encode("", 2)
+        start = time.perf_counter()
+        for i in range(steps):
+            models.unet(latent, torch.tensor([999.0 * (1 - i / steps)]), encoder_hidden_states=cond)
+        models.vae.decode(latent / models.scaling_factor)
+        return time.perf_counter() - start
 
 
 def main() -> int:
@@ -44,8 +67,9 @@ def main() -> int:
     )
     with tempfile.TemporaryDirectory() as tmp:
         wall, cpu = time.perf_counter(), time.process_time()
-        demo.build_family(Path(tmp) / "warm-up")  # imports and first-call costs, not the demo's own
+        family = demo.build_family(Path(tmp) / "warm-up")  # imports and first-call costs, not the demo's
         build_wall = time.perf_counter() - wall
+        bare = bare_model_seconds(family, args.steps, args.size)
         wall, cpu = time.perf_counter(), time.process_time()
         result, _ = demo.run_demo(
             Path(tmp) / "demo", steps=args.steps, seeds=seeds, size=args.size, quiet=True, write=True
@@ -56,6 +80,10 @@ def main() -> int:
     print(
         f"demo (build + probe + outputs): {total_wall:.1f} s wall, {total_cpu:.1f} s CPU, "
         f"{total_wall / images:.1f} s per image"
+    )
+    print(
+        f"baseline, bare model compute of one image ({args.steps} UNet calls + VAE decode): {bare:.1f} s; "
+        f"demo per image / baseline: {total_wall / images / bare:.2f}x"
     )
 
     scores = result.scores["ssim"]
