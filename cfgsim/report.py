@@ -25,7 +25,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from cfgsim.result import FAILED, SKIPPED, MetricScores, ProbeResult
+from cfgsim.result import FAILED, SKIPPED, MetricScores, ProbeResult, rank_scores
 
 REPORT_CLASS = "cfgsim-report"
 # What the report's text starts with; cfgsim.js finds escaped reports in the page by it.
@@ -98,21 +98,13 @@ def _row_head(label: str, row: int, *, reference: bool = False, full: str = "") 
     return f'<th scope="row" data-cfgsim-col="-1"{classes}{title}>{esc(label)}</th>'
 
 
-def _mean_ranks(values: np.ndarray) -> list[int | None]:
-    order = sorted((i for i, v in enumerate(values) if not math.isnan(v)), key=lambda i: -values[i])
-    ranks: list[int | None] = [None] * len(values)
-    for rank, i in enumerate(order, start=1):
-        ranks[i] = rank
-    return ranks
-
-
 def reference_table(result: ProbeResult, scores: MetricScores) -> str:
     """Each checkpoint's score against the reference: per seed, mean, standard deviation, rank."""
     assert scores.vs_reference is not None
     n_rows = len(result.rows)
     ref_index = result.reference.index if result.reference.kind == "item" else None
     mean, std = scores.reference_mean, scores.reference_std
-    ranks = _mean_ranks(mean)
+    ranks = rank_scores(mean)
     head = [_header("Checkpoint", -1, title="Click to sort by name")]
     head += [
         _header(result.row_label(r), r, title=f"Score against the reference for {result.row_label(r)}")

@@ -98,12 +98,7 @@ class MetricScores:
         """1-based rank of each item by its score against the reference in ``row`` (1 = closest)."""
         if self.vs_reference is None:
             return [None] * (self.per_row[row].shape[0] if self.per_row else 0)
-        scores = self.vs_reference[row]
-        order = sorted((i for i in range(len(scores)) if not math.isnan(scores[i])), key=lambda i: -scores[i])
-        ranks: list[int | None] = [None] * len(scores)
-        for rank, i in enumerate(order, start=1):
-            ranks[i] = rank
-        return ranks
+        return rank_scores(self.vs_reference[row])
 
     def to_dict(self) -> dict[str, object]:
         out: dict[str, object] = {
@@ -131,6 +126,15 @@ class MetricScores:
             per_row=[_array(m) for m in data.get("per_row", [])],
             vs_reference=None if vs is None else [_array(v) for v in vs],
         )
+
+
+def rank_scores(scores: Sequence[float] | np.ndarray) -> list[int | None]:
+    """1-based ranks, highest score first; None for NaN (no image, or the reference itself)."""
+    order = sorted((i for i in range(len(scores)) if not math.isnan(scores[i])), key=lambda i: -scores[i])
+    ranks: list[int | None] = [None] * len(scores)
+    for rank, i in enumerate(order, start=1):
+        ranks[i] = rank
+    return ranks
 
 
 def _nan_stat(fn, arrays: Sequence[np.ndarray]) -> np.ndarray:
