@@ -16,8 +16,8 @@ from pathlib import Path
 from PIL.PngImagePlugin import PngInfo
 
 from cfgsim.errors import InputError
-from cfgsim.grid import render_all
 from cfgsim.metadata import atomic_save_image, atomic_write_bytes, save_grid, to_json
+from cfgsim.render import render_all
 from cfgsim.result import ProbeResult
 
 _UNSAFE = re.compile(r"[^\w.\-]+")

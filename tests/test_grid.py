@@ -1,4 +1,4 @@
-"""The grid, heatmap and legend renderers (cfgsim.grid): what a user sees on the pictures."""
+"""The grid, heatmap and legend renderers (cfgsim.render): what a user sees on the pictures."""
 
 from __future__ import annotations
 
@@ -12,9 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from cfgsim import grid as cgrid
 from cfgsim.errors import InputError
-from cfgsim.grid import (
+from cfgsim.render import (
     BADGE_COLOUR,
     BANNER_COLOUR,
     FAILED_FILL,
@@ -31,6 +30,9 @@ from cfgsim.grid import (
     score_scale,
     wrap_text,
 )
+from cfgsim.render import colour as rcolour
+from cfgsim.render import grid as rgrid
+from cfgsim.render import text as rtext
 from cfgsim.result import FAILED, SKIPPED
 from cfgsim.spec import ProbeSpec
 
@@ -218,7 +220,7 @@ def test_wrap_text_breaks_long_words_after_separators():
 def test_wrap_text_limits_lines_with_an_ellipsis():
     font = get_font(14)
     lines = wrap_text("one two three four five six seven eight nine ten", font, 40, max_lines=2)
-    assert len(lines) == 2 and lines[-1].endswith(cgrid.ELLIPSIS)
+    assert len(lines) == 2 and lines[-1].endswith(rtext.ELLIPSIS)
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -290,14 +292,14 @@ def test_cell_size_is_the_most_common_image_size_and_others_are_fitted():
     forced = render_grid(result, overlays=False, cell_size=(80, 80))
     left, top = layout(result, forced, (80, 80))
     assert np.array_equal(
-        cell_crop(forced, left, top, (80, 80), 1, 0), arr(cgrid.fit_image(result.cells[1].image, (80, 80)))
+        cell_crop(forced, left, top, (80, 80), 1, 0), arr(rgrid.fit_image(result.cells[1].image, (80, 80)))
     )
 
 
 def test_a_grid_too_big_for_memory_gets_smaller_cells(monkeypatch):
     result = make_result(n_items=3, seeds=(1, 2), with_failure=False, size=(128, 128))
     full = render_grid(result)
-    monkeypatch.setattr(cgrid, "MAX_GRID_PIXELS", 60_000)
+    monkeypatch.setattr(rgrid, "MAX_GRID_PIXELS", 60_000)
     image = render_grid(result)
     assert image.width * image.height < 90_000 < full.width * full.height
     with pytest.raises(InputError, match="megapixels"):
@@ -312,7 +314,7 @@ def test_quick_preview_gets_a_banner():
     assert a.height > b.height
     assert np.all(arr(a)[:8] == BANNER_COLOUR, axis=2).mean() > 0.5
     assert not np.all(arr(b) == BANNER_COLOUR, axis=2).any()
-    assert cgrid._banner_lines(preview) == ["QUICK PREVIEW \u2014 20 steps, not the probe (256 steps)"]
+    assert rgrid._banner_lines(preview) == ["QUICK PREVIEW \u2014 20 steps, not the probe (256 steps)"]
 
 
 def test_no_reference_shows_the_mean_similarity_in_the_row():
@@ -320,7 +322,7 @@ def test_no_reference_shows_the_mean_similarity_in_the_row():
     assert result.scores["ssim"].vs_reference is None
     plain, deco = arr(render_grid(result, overlays=False)), arr(render_grid(result))
     assert not np.all(deco == BADGE_COLOUR, axis=2).any(), "no reference, no REF badge"
-    value, rank, is_mean = cgrid._cell_scores(result, result.scores["ssim"], 0, 0)
+    value, rank, is_mean = rgrid._cell_scores(result, result.scores["ssim"], 0, 0)
     matrix = result.scores["ssim"].per_row[0]
     assert is_mean and rank is None
     assert value == pytest.approx((matrix[0, 1] + matrix[0, 2]) / 2)
@@ -434,25 +436,25 @@ def test_legend_has_the_colour_ramp(vertical):
 
 
 def test_without_a_truetype_font_the_default_font_is_used(monkeypatch):
-    monkeypatch.setattr(cgrid, "find_font", lambda bold=False: None)
-    cgrid.get_font.cache_clear()
+    monkeypatch.setattr(rtext, "find_font", lambda bold=False: None)
+    rtext.get_font.cache_clear()
     try:
-        font = cgrid.get_font(30)
+        font = rtext.get_font(30)
         assert font.line_height >= 20, "the fallback font is scaled to the asked size"
         result = make_result(n_items=2, seeds=(1,), with_failure=True, size=(64, 64))
         result.spec = ProbeSpec(width=64, height=64, seeds=(1,), steps_override=10)
         for _, image in render_all(result):
             assert image.width > 0
     finally:
-        cgrid.get_font.cache_clear()
+        rtext.get_font.cache_clear()
 
 
 def test_font_search_is_cached():
-    assert cgrid.find_font() == cgrid.find_font()
-    assert cgrid.find_font.cache_info().hits >= 1
+    assert rtext.find_font() == rtext.find_font()
+    assert rtext.find_font.cache_info().hits >= 1
 
 
 def test_contrast_text_colour():
-    assert cgrid._contrast_text((253, 231, 37)) == (0, 0, 0)
-    assert cgrid._contrast_text((68, 1, 84)) == (255, 255, 255)
-    assert math.isnan(cgrid._normalise(float("nan"), (0, 1)))
+    assert rcolour.contrast_text((253, 231, 37)) == (0, 0, 0)
+    assert rcolour.contrast_text((68, 1, 84)) == (255, 255, 255)
+    assert math.isnan(rcolour.normalise(float("nan"), (0, 1)))

@@ -384,7 +384,7 @@ def test_an_unwritable_folder_is_an_input_error_even_as_root(tmp_path, monkeypat
     def refuse(*args, **kwargs):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(meta.tempfile, "mkstemp", refuse)
+    monkeypatch.setattr(meta.atomic.tempfile, "mkstemp", refuse)
     with pytest.raises(InputError, match=r"grid\.png: cannot write \(Permission denied\)"):
         save_grid(grid_image, tmp_path / "grid.png", result)
     assert list(tmp_path.iterdir()) == []
@@ -416,7 +416,7 @@ def test_a_failing_rename_leaves_the_old_file(tmp_path, monkeypatch):
     def fail(src, dst):
         raise OSError(5, "Input/output error")
 
-    monkeypatch.setattr(meta.os, "replace", fail)
+    monkeypatch.setattr(meta.atomic.os, "replace", fail)
     with pytest.raises(InputError, match="Input/output error"):
         atomic_write_bytes(path, b"new")
     assert path.read_bytes() == b"old"
@@ -429,7 +429,7 @@ def test_an_interrupt_while_writing_leaves_nothing(tmp_path, monkeypatch):
     def interrupted(fd):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(meta.os, "fsync", interrupted)
+    monkeypatch.setattr(meta.atomic.os, "fsync", interrupted)
     with pytest.raises(KeyboardInterrupt):
         atomic_write_bytes(path, b"data")
     assert list(tmp_path.iterdir()) == []

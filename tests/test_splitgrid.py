@@ -10,7 +10,7 @@ from helpers import make_result, mean_abs_diff, smooth_image, webui_grid, webui_
 from PIL import Image, PngImagePlugin
 
 from cfgsim.errors import InputError
-from cfgsim.grid import render_grid
+from cfgsim.render import render_grid
 from cfgsim.splitgrid import axis_values_from_infotext, parse_axis_values, split_grid
 
 X_LABELS = [
