@@ -13,12 +13,13 @@ import re
 import unicodedata
 from pathlib import Path
 
+import numpy as np
 from PIL.PngImagePlugin import PngInfo
 
 from cfgsim.errors import InputError
 from cfgsim.metadata import atomic_save_image, atomic_write_bytes, save_grid, to_json
 from cfgsim.render import render_all
-from cfgsim.result import ProbeResult
+from cfgsim.result import MetricScores, ProbeResult
 
 _UNSAFE = re.compile(r"[^\w.\-]+")
 
@@ -84,19 +85,18 @@ def summary_table(result: ProbeResult) -> str:
     head = "vs reference " + repr(result.reference.label) if has_ref else "mean similarity to the others"
     width = max(len(label) for label in result.labels) + 2
     lines = [f"{'item':<{width}}" + "".join(f"{result.scores[n].label:>10}" for n in names) + f"   ({head})"]
+    # One column of values per metric, computed once: linear in the size of the matrices.
+    columns = {name: _summary_column(result.scores[name], len(result.items), has_ref) for name in names}
     for i, item in enumerate(result.items):
         row = f"{item.label:<{width}}"
         for name in names:
-            scores = result.scores[name]
+            value = columns[name][i]
             if has_ref:
-                value = scores.reference_mean[i]
                 text = (
                     "ref" if result.reference.kind == "item" and i == result.reference.index else _fmt(value)
                 )
             else:
-                others = [scores.mean[i, j] for j in range(len(result.items)) if j != i]
-                valid = [v for v in others if not math.isnan(v)]
-                text = _fmt(sum(valid) / len(valid)) if valid else "-"
+                text = "-" if math.isnan(value) else _fmt(value)
             row += f"{text:>10}"
         lines.append(row)
     for cell in result.failures:
@@ -104,6 +104,22 @@ def summary_table(result: ProbeResult) -> str:
             f"  {result.items[cell.item].label} {result.row_label(cell.row)}: {cell.status}: {cell.reason}"
         )
     return "\n".join(lines)
+
+
+def _summary_column(scores: MetricScores, n: int, has_ref: bool) -> np.ndarray:
+    """Each item's summary value: its mean score against the reference, or (no reference) the mean
+    of its row of the mean matrix without the diagonal, NaN ignored (NaN when nothing is left)."""
+    if has_ref:
+        ref = scores.reference_mean
+        return np.asarray(ref, dtype=float) if ref is not None and len(ref) == n else np.full(n, np.nan)
+    mean = scores.mean
+    if mean.shape != (n, n):
+        return np.full(n, np.nan)
+    others = np.where(np.eye(n, dtype=bool), np.nan, mean)
+    valid = ~np.isnan(others)
+    count = valid.sum(axis=1)
+    total = np.where(valid, others, 0.0).sum(axis=1)
+    return np.divide(total, count, out=np.full(n, np.nan), where=count > 0)
 
 
 def _fmt(value: float) -> str:

@@ -7,6 +7,7 @@ Nothing here computes a score or draws a pixel: :mod:`cfgsim.compare` fills ``sc
 from __future__ import annotations
 
 import math
+import operator
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -70,6 +71,11 @@ class MetricScores:
     ``per_row[r]`` is row r's matrix; ``vs_reference[r]`` the items' scores against the reference
     in row r (NaN for missing cells and for the reference item itself when it is an item).
     ``mean``/``std`` are taken over rows, ignoring NaN.
+
+    The statistics are computed once and cached (read-only arrays): renderers and tables read them
+    inside loops over items. The cache holds the row arrays it was computed from and is recomputed
+    when ``per_row``/``vs_reference`` is replaced, grown or given another array; an array changed
+    in place needs :meth:`invalidate`.
     """
 
     metric: str
@@ -77,22 +83,38 @@ class MetricScores:
     description: str = ""
     per_row: list[np.ndarray] = field(default_factory=list)
     vs_reference: list[np.ndarray] | None = None
+    _cache: dict[str, tuple[list[np.ndarray], np.ndarray]] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
+
+    def invalidate(self) -> None:
+        """Forget the cached statistics (after changing a row's array in place)."""
+        self._cache.clear()
+
+    def _stat(self, key: str, fn, arrays: Sequence[np.ndarray]) -> np.ndarray:
+        hit = self._cache.get(key)
+        if hit is not None and len(hit[0]) == len(arrays) and all(map(operator.is_, hit[0], arrays)):
+            return hit[1]
+        value = _nan_stat(fn, arrays)
+        value.setflags(write=False)
+        self._cache[key] = (list(arrays), value)
+        return value
 
     @property
     def mean(self) -> np.ndarray:
-        return _nan_stat(np.nanmean, self.per_row)
+        return self._stat("mean", np.nanmean, self.per_row)
 
     @property
     def std(self) -> np.ndarray:
-        return _nan_stat(np.nanstd, self.per_row)
+        return self._stat("std", np.nanstd, self.per_row)
 
     @property
     def reference_mean(self) -> np.ndarray | None:
-        return None if self.vs_reference is None else _nan_stat(np.nanmean, self.vs_reference)
+        return None if self.vs_reference is None else self._stat("ref_mean", np.nanmean, self.vs_reference)
 
     @property
     def reference_std(self) -> np.ndarray | None:
-        return None if self.vs_reference is None else _nan_stat(np.nanstd, self.vs_reference)
+        return None if self.vs_reference is None else self._stat("ref_std", np.nanstd, self.vs_reference)
 
     def ranks(self, row: int) -> list[int | None]:
         """1-based rank of each item by its score against the reference in ``row`` (1 = closest)."""
