@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 
+from cfgsim import lineage
 from cfgsim.errors import InputError
 from cfgsim.imageio import common_size, to_array
 from cfgsim.metrics import METRICS, get_metric
@@ -53,6 +54,8 @@ def compare(
     metrics: Sequence,
     *,
     progress: Callable[[Sequence], Iterable] | None = None,
+    alpha: float = lineage.DEFAULT_ALPHA,
+    replicates: int = lineage.DEFAULT_REPLICATES,
 ) -> ProbeResult:
     """Fill ``result.scores`` (one :class:`MetricScores` per metric) from the result's cell images.
 
@@ -60,41 +63,55 @@ def compare(
     reference, each item's score against it per row (NaN for the reference item itself).
     """
     n = len(result.items)
-    ok_cells = [c for c in result.cells if c.ok]
-    arrays = [to_array(c.image) for c in ok_cells]
     ref = result.reference
     external = ref.kind == "image"
-    if external:
-        if ref.image is None:
-            raise InputError(f"reference {ref.label or ref.file!r}: no image")
-        arrays.append(to_array(ref.image))
-    if not arrays:
+    if external and ref.image is None:
+        raise InputError(f"reference {ref.label or ref.file!r}: no image")
+    by_row: dict[int, dict[int, object]] = {}
+    for cell in result.cells:
+        if cell.ok:
+            by_row.setdefault(cell.row, {})[cell.item] = cell.image
+    if not by_row:
         result.scores = {}
+        result.lineage = None
         return result
-    arrays, result.size_policy = common_size(arrays)
-    position = {(c.item, c.row): k for k, c in enumerate(ok_cells)}
+    ref_array = to_array(ref.image) if external else None
+
+    # Row by row: a seed's images are brought to one size (the size policy applies per seed, so
+    # seeds of different sizes are never stretched into each other) and prepared, compared, freed.
+    # Memory is bounded by one row's prepared images, not the whole run's.
+    rows_data: list[tuple[list[int], list[np.ndarray], dict]] = []
+    for row in range(len(result.rows)):
+        present = sorted(by_row.get(row, {}))
+        arrays = [to_array(by_row[row][i]) for i in present]
+        if ref_array is not None and present:
+            arrays.append(ref_array)
+        policy: dict = {}
+        if arrays:
+            arrays, policy = common_size(arrays)
+        rows_data.append((present, arrays, policy))
+    result.size_policy = _size_policy(result, [p for _, _, p in rows_data])
 
     scores: dict[str, MetricScores] = {}
     for metric in progress(metrics) if progress else metrics:
-        prepared = metric.prepare(arrays)
         per_row: list[np.ndarray] = []
         vs_reference: list[np.ndarray] | None = [] if ref.kind in ("item", "image") else None
-        for row in range(len(result.rows)):
-            present = [i for i in range(n) if (i, row) in position]
+        for present, arrays, _policy in rows_data:
             matrix = np.full((n, n), np.nan)
+            vec = np.full(n, np.nan)
             if present:
-                sub = metric.matrix([prepared[position[(i, row)]] for i in present])
-                matrix[np.ix_(present, present)] = sub
-            per_row.append(matrix)
-            if vs_reference is not None:
+                prepared = metric.prepare(arrays)
+                matrix[np.ix_(present, present)] = metric.matrix(prepared[: len(present)])
                 if external:
-                    vec = np.full(n, np.nan)
-                    for i in present:
-                        vec[i] = metric.score(prepared[-1], prepared[position[(i, row)]])
-                else:
+                    for k, i in enumerate(present):
+                        vec[i] = metric.score(prepared[-1], prepared[k])
+                del prepared
+            if vs_reference is not None:
+                if not external:
                     vec = matrix[ref.index].copy()
                     vec[ref.index] = np.nan
                 vs_reference.append(vec)
+            per_row.append(matrix)
         scores[metric.name] = MetricScores(
             metric=metric.name,
             label=getattr(metric, "label", metric.name.upper()),
@@ -103,4 +120,20 @@ def compare(
             vs_reference=vs_reference,
         )
     result.scores = scores
+    result.lineage = lineage.analyse(result, alpha=alpha, replicates=replicates)
     return result
+
+
+def _size_policy(result: ProbeResult, policies: Sequence[dict]) -> dict:
+    """One record when every seed agrees (the common case); else what was done per seed."""
+    used = [p for p in policies if p]
+    if not used:
+        return {}
+    if len(used) == 1 or all(p == used[0] for p in used):
+        return dict(used[0])
+    return {
+        "policy": "per-seed",
+        "rows": [
+            {"row": result.rows[r], **p} for r, p in enumerate(policies) if p
+        ],
+    }

@@ -22,8 +22,12 @@ from cfgsim.spec import ProbeSpec
 if TYPE_CHECKING:
     from PIL import Image
 
+    from cfgsim.lineage import Lineage
+
 SCHEMA = "cfgsim.probe-result"
-SCHEMA_VERSION = 1
+# 2: adds ``lineage`` (statistics over seeds, tree with support, nearest relatives). Version-1
+# documents are still read (they simply have no lineage).
+SCHEMA_VERSION = 2
 
 OK, FAILED, SKIPPED = "ok", "failed", "skipped"
 
@@ -197,6 +201,7 @@ class ProbeResult:
     # The preset the run started from and how the spec differs from it: (label, preset, used).
     preset: str = ""
     deviations: list[tuple[str, str, str]] = field(default_factory=list)
+    lineage: Lineage | None = None
     version: str = __version__
 
     def cell(self, item: int, row: int) -> Cell | None:
@@ -249,6 +254,7 @@ class ProbeResult:
             "interrupted": self.interrupted,
             "preset": self.preset,
             "deviations": [list(d) for d in self.deviations],
+            "lineage": None if self.lineage is None else self.lineage.to_dict(),
         }
 
     @classmethod
@@ -279,8 +285,63 @@ class ProbeResult:
             interrupted=bool(data.get("interrupted", False)),
             preset=data.get("preset", ""),
             deviations=[tuple(d) for d in data.get("deviations", [])],
+            lineage=_lineage_from(data.get("lineage")),
             version=data.get("cfgsim_version", ""),
         )
+
+    def tree_order(self) -> list[int]:
+        """Item indices in the family tree's leaf order (items outside the tree last); else 0..N-1."""
+        if self.lineage is None or not self.lineage.order:
+            return list(range(len(self.items)))
+        order = [i for i in self.lineage.order if 0 <= i < len(self.items)]
+        return order + [i for i in range(len(self.items)) if i not in order]
+
+    def reordered(self, order: Sequence[int]) -> ProbeResult:
+        """A copy with the items (columns) in ``order``: cells, matrices, reference and lineage follow.
+
+        Renderers draw what they are given; this is how the grid, the heatmap and the table come out
+        in tree order without any of them knowing about trees.
+        """
+        import copy
+
+        order = list(order)
+        if sorted(order) != list(range(len(self.items))):
+            raise ValueError(f"order {order} is not a permutation of {len(self.items)} items")
+        new_of = {old: new for new, old in enumerate(order)}
+        out = copy.copy(self)
+        out.items = [self.items[i] for i in order]
+        out.cells = sorted(
+            (copy.copy(c) for c in self.cells), key=lambda c: (c.row, new_of.get(c.item, c.item))
+        )
+        for cell in out.cells:
+            cell.item = new_of[cell.item]
+        ix = np.ix_(order, order)
+        out.scores = {
+            name: MetricScores(
+                metric=s.metric,
+                label=s.label,
+                description=s.description,
+                per_row=[np.asarray(m)[ix] for m in s.per_row],
+                vs_reference=None
+                if s.vs_reference is None
+                else [np.asarray(v)[order] for v in s.vs_reference],
+            )
+            for name, s in self.scores.items()
+        }
+        out.reference = copy.copy(self.reference)
+        if out.reference.kind == "item" and out.reference.index is not None:
+            out.reference.index = new_of[out.reference.index]
+        if self.lineage is not None:
+            out.lineage = self.lineage.renumbered(new_of)
+        return out
+
+
+def _lineage_from(data: object) -> Lineage | None:
+    if not data:
+        return None
+    from cfgsim.lineage import Lineage
+
+    return Lineage.from_dict(data)  # type: ignore[arg-type]
 
 
 def spec_to_dict(spec: ProbeSpec) -> dict[str, object]:
