@@ -111,6 +111,7 @@ class Relative:
     decided: bool = False
     verdict: str = ""
     background_p: float | None = None  # BH-adjusted empirical p of A–B among all pairs
+    copies: list[str] = field(default_factory=list)  # other items that are the same model as B
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -133,6 +134,7 @@ class Relative:
             "decided": self.decided,
             "verdict": self.verdict,
             "background_p": _num(self.background_p),
+            "copies": list(self.copies),
         }
 
     @classmethod
@@ -158,6 +160,7 @@ class Relative:
             decided=bool(data.get("decided", False)),
             verdict=str(data.get("verdict", "")),
             background_p=data.get("background_p"),
+            copies=[str(c) for c in data.get("copies", [])],
         )
 
 
@@ -351,8 +354,7 @@ def analyse(
         )
     if left_out:
         notes.append(
-            "seeds left out (an item has no image there): "
-            + ", ".join(str(result.rows[r]) for r in left_out)
+            "seeds left out (an item has no image there): " + ", ".join(str(result.rows[r]) for r in left_out)
         )
     labels = [result.items[i].label for i in items]
     sims = stack[np.ix_(rows, items, items)]
@@ -454,7 +456,11 @@ def _rng_kwargs(fn: Any, rng: np.random.Generator) -> dict[str, Any]:
 
 
 def pair_intervals(
-    sims: np.ndarray, *, confidence: float = CONFIDENCE, rng_seed: int = DEFAULT_RNG_SEED, resamples: int = 2000
+    sims: np.ndarray,
+    *,
+    confidence: float = CONFIDENCE,
+    rng_seed: int = DEFAULT_RNG_SEED,
+    resamples: int = 2000,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Percentile-bootstrap CI of the mean similarity over seeds, for every pair (NaN with one seed).
 
@@ -578,12 +584,16 @@ def clade_support(
 def _smallest_clade(clades: Sequence[Clade], a: int, b: int) -> Clade | None:
     best = None
     for clade in clades:
-        if a in clade.members and b in clade.members and (best is None or len(clade.members) < len(best.members)):
+        if (
+            a in clade.members
+            and b in clade.members
+            and (best is None or len(clade.members) < len(best.members))
+        ):
             best = clade
     return best
 
 
-def _relative(
+def _relative(  # noqa: PLR0917 (the arrays of one analysis, passed through)
     a: int,
     sims: np.ndarray,
     mean: np.ndarray,
@@ -607,8 +617,13 @@ def _relative(
     rel.ci = (float(low[a, b]), float(high[a, b]))
     clade = _smallest_clade(clades, a, b)
     rel.support = None if clade is None else clade.support
-    if len(others) >= 2:
-        c = others[1]
+    # Copies of B (the same model under another name: fp16, pruned, renamed) are not B's rivals:
+    # the runner-up is the best candidate that is not a copy of B.
+    copies = [j for j in others[1:] if bands is not None and mean[b, j] >= bands.same]
+    rel.copies = [labels[j] for j in copies]
+    rivals = [j for j in others[1:] if j not in copies]
+    if rivals:
+        c = rivals[0]
         rel.runner_up, rel.runner_up_label = c, labels[c]
         rel.runner_up_similarity = float(mean[a, c])
         d = sims[:, a, b] - sims[:, a, c]
@@ -620,7 +635,7 @@ def _relative(
             rel.p_value = sign_flip_test(d, rng_seed=rng_seed + a)
             rel.decided = rel.p_value < alpha
     else:
-        rel.decided = n_rows >= 1  # only one candidate: nearest by construction, nothing to test
+        rel.decided = True  # only one candidate (or only copies of it): nearest by construction
     # The band uses the CI's lower bound where there is one: uncertainty counts against the claim.
     value = rel.ci[0] if not math.isnan(rel.ci[0]) else rel.similarity
     rel.band = bands.band(value) if bands is not None else UNRELATED
@@ -631,18 +646,20 @@ def _relative(
 def _verdict_text(rel: Relative, alpha: float, *, calibrated: bool) -> str:
     if rel.nearest is None:
         return "no other item"
+    name = rel.nearest_label + (f" (or its copy {', '.join(rel.copies)})" if rel.copies else "")
     if rel.runner_up is None:
-        who = f"nearest: {rel.nearest_label} (the only other item)"
+        only = "the only other model" if rel.copies else "the only other item"
+        who = f"nearest: {name} ({only})"
     elif rel.p_value is None:
-        who = f"nearest: {rel.nearest_label} (one seed: not tested against {rel.runner_up_label})"
+        who = f"nearest: {name} (one seed: not tested against {rel.runner_up_label})"
     elif rel.decided:
-        who = f"nearest: {rel.nearest_label} (p = {rel.p_value:.3g} vs {rel.runner_up_label})"
+        who = f"nearest: {name} (p = {rel.p_value:.3g} vs {rel.runner_up_label})"
     else:
         who = f"undecided between {rel.nearest_label} and {rel.runner_up_label} (p = {rel.p_value:.3g})"
     if not calibrated:
         return who
     if rel.band == SAME:
-        return f"same model as {rel.nearest_label}" + ("" if rel.decided else f"; {who}")
+        return f"same model as {name}" + ("" if rel.decided else f"; {who}")
     if rel.band == UNRELATED:
         return f"unrelated or undecided; {who}"
     return f"{rel.band}; {who}"
@@ -656,9 +673,7 @@ def _background(relatives: list[Relative], mean: np.ndarray) -> None:
     iu = np.triu_indices(n, 1)
     pairs = np.sort(mean[iu])
     with_pair = [r for r in relatives if r.nearest is not None]
-    raw = [
-        (len(pairs) - np.searchsorted(pairs, r.similarity, side="left")) / len(pairs) for r in with_pair
-    ]
+    raw = [(len(pairs) - np.searchsorted(pairs, r.similarity, side="left")) / len(pairs) for r in with_pair]
     adjusted = stats.false_discovery_control(np.asarray(raw, dtype=float), method="bh")
     for rel, p in zip(with_pair, adjusted, strict=True):
         rel.background_p = float(p)

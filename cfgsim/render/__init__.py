@@ -2,7 +2,8 @@
 
 Renderers only draw: every number comes from ``result.scores`` (filled by :mod:`cfgsim.compare`).
 One job per module: :mod:`.text` (fonts, wrapping), :mod:`.colour` (colour maps, the score
-scale), :mod:`.legend`, :mod:`.grid`, :mod:`.heatmap`.
+scale), :mod:`.legend`, :mod:`.grid`, :mod:`.heatmap`, :mod:`.dendrogram` (the family tree),
+:mod:`.verdict` (the verdict table as text).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from cfgsim.render.colour import (
     contrast_text,
     score_scale,
 )
+from cfgsim.render.dendrogram import render_dendrogram
 from cfgsim.render.grid import MAX_GRID_PIXELS, fit_image, render_grid
 from cfgsim.render.heatmap import render_heatmap
 from cfgsim.render.legend import legend_ticks, render_legend
@@ -57,6 +59,7 @@ __all__ = [
     "get_font",
     "legend_ticks",
     "render_all",
+    "render_dendrogram",
     "render_grid",
     "render_heatmap",
     "render_legend",
@@ -66,11 +69,15 @@ __all__ = [
 
 
 def render_all(result: ProbeResult, *, overlays: bool = True) -> list[tuple[str, Image.Image]]:
-    """What the WebUI gallery shows, in order: the grid, then one heatmap per metric.
+    """What the WebUI gallery shows, in order: the grid, the family tree, one heatmap per metric.
 
-    Heatmaps need two items at least (a 1×1 matrix says nothing).
+    With a lineage the grid columns and the heatmaps follow the tree's leaf order, so relatives sit
+    side by side. Heatmaps and the tree need two items at least (a 1×1 matrix says nothing).
     """
-    out = [("grid", render_grid(result, overlays=overlays))]
+    ordered = result.reordered(result.tree_order()) if result.lineage is not None else result
+    out = [("grid", render_grid(ordered, overlays=overlays))]
+    if ordered.lineage is not None and len(ordered.lineage.items) >= 2:
+        out.append(("tree", render_dendrogram(ordered)))
     if len(result.items) >= 2:
-        out.extend((f"heatmap-{name}", render_heatmap(result, name)) for name in result.scores)
+        out.extend((f"heatmap-{name}", render_heatmap(ordered, name)) for name in ordered.scores)
     return out
