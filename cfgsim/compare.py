@@ -133,7 +133,5 @@ def _size_policy(result: ProbeResult, policies: Sequence[dict]) -> dict:
         return dict(used[0])
     return {
         "policy": "per-seed",
-        "rows": [
-            {"row": result.rows[r], **p} for r, p in enumerate(policies) if p
-        ],
+        "rows": [{"row": result.rows[r], **p} for r, p in enumerate(policies) if p],
     }
