@@ -29,9 +29,10 @@ from typing import Any
 
 from PIL import Image
 
-from cfgsim import metadata
+from cfgsim import imageio, metadata
 from cfgsim.errors import InputError
-from cfgsim.spec import DEFAULT_PRESET, PRESETS, ProbeSpec, format_seeds, get_preset, parse_seeds
+from cfgsim.spec import DEFAULT_PRESET, NOT_THE_PROBE, PRESETS, SpecChoice, format_seeds, get_preset
+from cfgsim.spec import choose_spec as spec_choice
 
 ELEM_PREFIX = "cfgsim_"
 
@@ -45,7 +46,6 @@ REFERENCE_CHOICES = ("None", "One of the selected checkpoints", "Uploaded image"
 
 # The UI's step slider; the probe's own 256 steps are set in code (above the WebUI's slider maximum).
 MAX_PREVIEW_STEPS = 150
-NOT_THE_PROBE = "not the probe"
 
 
 @dataclass(frozen=True)
@@ -389,7 +389,7 @@ def decode_image(value: Any, *, what: str = "image") -> Image.Image | None:
     if value is None or (isinstance(value, str) and not value.strip()):
         return None
     if isinstance(value, Image.Image):
-        return value
+        return check_pixels(value, what=what)
     if isinstance(value, Mapping):
         # gradio 4 may wrap the upload ({"image": ..., "mask": ...}) when it comes from a sketch.
         for key in ("image", "composite", "background"):
@@ -403,11 +403,27 @@ def decode_image(value: Any, *, what: str = "image") -> Image.Image | None:
         try:
             raw = base64.b64decode(text, validate=False)
             image = Image.open(io.BytesIO(raw))
+            check_pixels(image, what=what)  # before decoding: the header says the size
             image.load()
-        except (binascii.Error, OSError, ValueError) as exc:
+        except Image.DecompressionBombError as exc:
+            raise InputError(f"{what}: too large to load safely ({exc})") from None
+        except (binascii.Error, OSError, ValueError, SyntaxError, EOFError) as exc:
             raise InputError(f"{what}: not a base64-encoded image ({exc})") from None
         return image
     raise InputError(f"{what}: expected an image, got {type(value).__name__}")
+
+
+def check_pixels(image: Image.Image, *, what: str = "image") -> Image.Image:
+    """Refuse an image larger than :data:`cfgsim.imageio.MAX_PIXELS` (the limit every image file
+    cfgsim reads goes through: a guard against decompression bombs sent over the API)."""
+    limit = imageio.MAX_PIXELS
+    width, height = image.size
+    if width * height > limit:
+        raise InputError(
+            f"{what}: too large: {width}x{height} = {width * height:,} pixels exceeds the limit of "
+            f"{limit:,} pixels (a guard against decompression bombs)"
+        )
+    return image
 
 
 def infotext_from_image(image: Image.Image | None) -> str:
@@ -429,19 +445,6 @@ def infotext_from_image(image: Image.Image | None) -> str:
     return metadata.read_user_comment(comment).strip("\0").strip() if comment else ""
 
 
-@dataclass
-class SpecChoice:
-    """The probe spec a run will use, and why it is what it is (for the UI box and the metadata)."""
-
-    spec: ProbeSpec
-    preset: str
-    # (label, preset value, used value) for every setting the reference image changed.
-    deviations: list[tuple[str, str, str]] = field(default_factory=list)
-    # Plain-text remarks for the user (e.g. "the image's seed replaces the seeds box").
-    notes: list[str] = field(default_factory=list)
-    reference_infotext: str = ""
-
-
 def choose_spec(
     preset: str,
     seeds: str,
@@ -450,39 +453,12 @@ def choose_spec(
     reference_mode: int = REFERENCE_NONE,
     reference_image: Image.Image | None = None,
 ) -> SpecChoice:
-    """The probe spec from the controls.
-
-    The preset gives every pinned setting; the seeds box replaces its seeds. An uploaded reference
-    image that carries infotext sets the spec instead (a reference only means something under the
-    settings it was made with, seed included): every difference from the preset is returned as a
-    deviation. The quick-preview steps apply last and are not a deviation: they are labelled
-    "not the probe" on their own.
-    """
-    base = get_preset(preset)
-    choice = SpecChoice(spec=base, preset=preset)
-    infotext = infotext_from_image(reference_image) if reference_mode == REFERENCE_IMAGE else ""
-    if infotext:
-        spec = ProbeSpec.from_infotext(infotext, base=base)
-        choice.reference_infotext = infotext
-        choice.deviations = base.differences(spec)
-        typed = parse_seeds(seeds) if seeds.strip() else base.seeds
-        if typed != spec.seeds:
-            choice.notes.append(
-                f"The reference image was made with seed {format_seeds(spec.seeds)}: that seed replaces "
-                f"the seeds box ({format_seeds(typed)})."
-            )
-    else:
-        spec = base.replace(seeds=parse_seeds(seeds)) if seeds.strip() else base
-        if reference_mode == REFERENCE_IMAGE and reference_image is not None:
-            choice.notes.append(
-                "The reference image carries no infotext: the preset's settings are used. Make sure "
-                "it was made under the same probe and seed, or the scores mean little."
-            )
-    if preview_steps:
-        spec = spec.replace(steps_override=preview_steps)
-        if not spec.is_probe:
-            choice.notes.append(
-                f"Quick preview: {spec.effective_steps} of {spec.steps} steps, {NOT_THE_PROBE}."
-            )
-    choice.spec = spec
-    return choice
+    """The probe spec from the controls' values (see :func:`cfgsim.spec.choose_spec`): an uploaded
+    reference image counts only in "Uploaded image" mode, through the infotext it carries."""
+    uses_image = reference_mode == REFERENCE_IMAGE and reference_image is not None
+    return spec_choice(
+        preset,
+        seeds,
+        preview_steps,
+        reference_infotext=infotext_from_image(reference_image) if uses_image else None,
+    )

@@ -179,7 +179,11 @@ class ProbeSpec:
         return dataclasses.replace(base, **values)
 
     def differences(self, other: ProbeSpec) -> list[tuple[str, str, str]]:
-        """(label, this value, other value) for every infotext label where the two specs differ."""
+        """(label, this value, other value) for every infotext label where the two specs differ.
+
+        Values are the settings in use, also where the WebUI writes no pair for them: clip skip 1
+        reads "1" (the infotext has no "Clip skip" then), the sampler's own schedule "Automatic".
+        """
         mine, theirs = self.to_infotext(), other.to_infotext()
         out = []
         for label in ("Prompt", "Negative prompt"):
@@ -191,8 +195,19 @@ class ProbeSpec:
         for key in keys:
             a, b = mine.params.get(key, ""), theirs.params.get(key, "")
             if a != b:
-                out.append((key, a, b))
+                out.append((key, a or self._implicit(key), b or other._implicit(key)))
+        for entry in SPEC_LABELS:
+            if entry.label in keys or entry.implicit is None:
+                continue
+            a, b = entry.implicit(self), entry.implicit(other)
+            if a != b:
+                out.append((entry.label, a, b))
         return out
+
+    def _implicit(self, label: str) -> str:
+        """The value of ``label`` in use when the infotext writes no pair for it ("" if none)."""
+        entry = _BY_LABEL.get(label)
+        return entry.implicit(self) if entry is not None and entry.implicit is not None else ""
 
 
 def _size(raw: str) -> dict[str, object]:
@@ -217,6 +232,8 @@ class Label:
     fields: tuple[str, ...]
     write: Callable[[ProbeSpec], str | None]  # None: the WebUI writes no such pair
     read: Callable[[str], dict[str, object]]
+    # The value in use, for labels the WebUI leaves out at their default (shown in differences).
+    implicit: Callable[[ProbeSpec], str] | None = None
 
 
 # The one table from spec fields to infotext labels, in the order the WebUI writes them.
@@ -229,6 +246,7 @@ SPEC_LABELS: tuple[Label, ...] = (
         ("scheduler",),
         lambda s: None if s.scheduler == "Automatic" else s.scheduler,
         lambda raw: {"scheduler": raw},
+        lambda s: s.scheduler,
     ),
     Label(
         "CFG scale",
@@ -244,6 +262,7 @@ SPEC_LABELS: tuple[Label, ...] = (
         ("clip_skip",),
         lambda s: None if s.clip_skip == 1 else str(s.clip_skip),
         lambda raw: {"clip_skip": int(raw)},
+        lambda s: str(s.clip_skip),
     ),
     # Several seeds: "Seed" keeps the first (what "Send to txt2img" can use), this keeps them all.
     Label(
@@ -295,3 +314,64 @@ def get_preset(name: str) -> ProbeSpec:
         return PRESETS[name]
     except KeyError:
         raise InputError(f"preset {name!r} is unknown (known: {', '.join(PRESETS)})") from None
+
+
+NOT_THE_PROBE = "not the probe"
+
+
+@dataclass
+class SpecChoice:
+    """The probe spec a run will use, and why it is what it is (for the UI box and the metadata)."""
+
+    spec: ProbeSpec
+    preset: str
+    # (label, preset value, used value) for every setting the reference image changed.
+    deviations: list[tuple[str, str, str]] = field(default_factory=list)
+    # Plain-text remarks for the user (e.g. "the image's seed replaces the seeds box").
+    notes: list[str] = field(default_factory=list)
+    reference_infotext: str = ""
+
+
+def choose_spec(
+    preset: str,
+    seeds: str,
+    preview_steps: int = 0,
+    *,
+    reference_infotext: str | None = None,
+) -> SpecChoice:
+    """The probe spec from a preset, the seeds box, the quick-preview steps and a reference image's
+    infotext (``None``: no reference image; ``""``: an image that carries none).
+
+    The preset gives every pinned setting; the seeds box replaces its seeds. A reference image that
+    carries infotext sets the spec instead (a reference only means something under the settings it
+    was made with, seed included): every difference from the preset is returned as a deviation.
+    The quick-preview steps apply last and are not a deviation: they are labelled "not the probe"
+    on their own.
+    """
+    base = get_preset(preset)
+    choice = SpecChoice(spec=base, preset=preset)
+    if reference_infotext:
+        spec = ProbeSpec.from_infotext(reference_infotext, base=base)
+        choice.reference_infotext = reference_infotext
+        choice.deviations = base.differences(spec)
+        typed = parse_seeds(seeds) if seeds.strip() else base.seeds
+        if typed != spec.seeds:
+            choice.notes.append(
+                f"The reference image was made with seed {format_seeds(spec.seeds)}: that seed replaces "
+                f"the seeds box ({format_seeds(typed)})."
+            )
+    else:
+        spec = base.replace(seeds=parse_seeds(seeds)) if seeds.strip() else base
+        if reference_infotext is not None:
+            choice.notes.append(
+                "The reference image carries no infotext: the preset's settings are used. Make sure "
+                "it was made under the same probe and seed, or the scores mean little."
+            )
+    if preview_steps:
+        spec = spec.replace(steps_override=preview_steps)
+        if not spec.is_probe:
+            choice.notes.append(
+                f"Quick preview: {spec.effective_steps} of {spec.steps} steps, {NOT_THE_PROBE}."
+            )
+    choice.spec = spec
+    return choice

@@ -178,9 +178,13 @@ def write_safetensors(path: Path, architecture: str) -> None:
 
 
 class CheckpointInfo:
-    """Like A1111's sd_models.CheckpointInfo: name, title with short hash, aliases."""
+    """Like A1111's sd_models.CheckpointInfo: name, title with short hash, aliases.
 
-    def __init__(self, filename: Path, models_dir: Path) -> None:
+    ``hashed=False`` is a checkpoint the WebUI has never hashed (no entry in its hash cache): no
+    sha256 until :meth:`calculate_shorthash`, which the WebUI calls when it loads the checkpoint.
+    """
+
+    def __init__(self, filename: Path, models_dir: Path, *, hashed: bool = True) -> None:
         self.filename = str(filename)
         self.name = os.path.relpath(filename, models_dir)
         self.name_for_extra = filename.stem
@@ -188,20 +192,22 @@ class CheckpointInfo:
         with open(filename, "rb") as file:
             file.seek(0x100000)
             self.hash = hashlib.sha256(file.read(0x10000)).hexdigest()[:8]
-        self.sha256 = hashlib.sha256(filename.read_bytes()).hexdigest()
-        self.shorthash = self.sha256[:10]
-        self.title = f"{self.name} [{self.shorthash}]"
-        self.short_title = f"{self.name_for_extra} [{self.shorthash}]"
-        self.ids = [
-            self.hash,
-            self.model_name,
-            self.title,
-            self.name,
-            self.name_for_extra,
-            f"{self.name} [{self.hash}]",
-            self.shorthash,
-            self.sha256,
-        ]
+        self.sha256 = None
+        self.shorthash = None
+        self.title = self.name
+        self.short_title = self.name_for_extra
+        self.ids = [self.hash, self.model_name, self.name, self.name_for_extra, f"{self.name} [{self.hash}]"]
+        if hashed:
+            self.calculate_shorthash()
+
+    def calculate_shorthash(self) -> str:
+        if self.sha256 is None:
+            self.sha256 = hashlib.sha256(Path(self.filename).read_bytes()).hexdigest()
+            self.shorthash = self.sha256[:10]
+            self.title = f"{self.name} [{self.shorthash}]"
+            self.short_title = f"{self.name_for_extra} [{self.shorthash}]"
+            self.ids += [self.title, self.shorthash, self.sha256, f"{self.name} [{self.shorthash}]"]
+        return self.shorthash
 
 
 class FakeModel:
@@ -462,8 +468,13 @@ class FakeWebUI:
         if info.name_for_extra in self.fail_load:
             raise RuntimeError(f"Error loading {info.filename}: invalid load key")
         self.loads.append(info.name_for_extra)
+        info.calculate_shorthash()  # A1111's load_model and Forge's forge_model_reload hash it
+        for alias in info.ids:
+            self.sd_models.checkpoint_aliases.setdefault(alias, info)
         arch = ARCHITECTURES.get(info.name_for_extra, "sd1")
         self.sd_models.model_data.sd_model = FakeModel(info, arch)
+        if not self.forge:  # A1111's load_model writes the loaded checkpoint's title into opts.data
+            self.opts.data["sd_model_checkpoint"] = info.title
 
     def process_images(self, p: Any) -> Processed:
         opts = self.opts
@@ -473,8 +484,7 @@ class FakeWebUI:
             wanted = p.override_settings.get("sd_model_checkpoint")
             if self.sd_models.checkpoint_aliases.get(wanted) is None:
                 p.override_settings.pop("sd_model_checkpoint", None)
-            for key, value in p.override_settings.items():
-                opts.set(key, value, is_api=True, run_callbacks=False)
+            self.set_config(p.override_settings)
             selected = self.sd_models.checkpoint_aliases.get(opts.sd_model_checkpoint)
             if self.forge:
                 self.sd_models.forge_model_reload()
@@ -506,8 +516,41 @@ class FakeWebUI:
             )
             return Processed(p, [image], p.seed, infotext, infotexts=[infotext])
         finally:
-            for key, value in stored.items():
-                opts.data[key] = value
+            if self.forge:
+                self.set_config(stored)  # Forge restores through set_config as well
+            else:
+                for key, value in stored.items():
+                    opts.data[key] = value
+
+    def set_config(self, values: dict[str, Any]) -> None:
+        """A1111: ``opts.set`` per key. Forge (modules/sysinfo.set_config): the checkpoint goes
+        through ``main_entry.checkpoint_change``, which refreshes the loading parameters."""
+        opts = self.opts
+        refresh = False
+        for key, value in values.items():
+            if self.forge and value == opts.data.get(key):
+                continue
+            if self.forge and key == "sd_model_checkpoint":
+                main_entry = self.modules["modules_forge.main_entry"]
+                refresh = main_entry.checkpoint_change(value, refresh=False) or refresh
+            else:
+                opts.set(key, value, is_api=True, run_callbacks=False)
+        if refresh:
+            self.modules["modules_forge.main_entry"].refresh_model_loading_parameters()
+
+    def context(self) -> Any:
+        """The fakes as :class:`cfgsim.webui.WebUI`, for tests of cfgsim.webui without the script."""
+        from cfgsim.webui import WebUI
+
+        return WebUI(
+            shared=self.modules["modules.shared"],
+            sd_models=self.sd_models,
+            processing=self.modules["modules.processing"],
+            images=self.modules["modules.images"],
+            hashes=self.modules["modules.hashes"],
+            forge_main_entry=self.modules.get("modules_forge.main_entry"),
+            forge_version=self.modules.get("modules_forge.forge_version"),
+        )
 
     def picture(self, name: str, p: Any, opts: Options) -> Image.Image:
         family = FAMILIES.get(name, 9)
@@ -582,6 +625,7 @@ def build_webui(
     forge: bool = False,
     checkpoints: tuple[str, ...] = ("base", "tuned", "other", "xl"),
     loaded: str | None = "base",
+    unhashed: tuple[str, ...] = (),
 ) -> FakeWebUI:
     web = FakeWebUI(root=root, forge=forge)
     models_dir = root / "models" / "Stable-diffusion"
@@ -604,13 +648,20 @@ def build_webui(
     sd_models.checkpoints_list = {}
     sd_models.checkpoint_aliases = {}
     for stem in checkpoints:
-        info = CheckpointInfo(models_dir / f"{stem}.safetensors", models_dir)
+        info = CheckpointInfo(models_dir / f"{stem}.safetensors", models_dir, hashed=stem not in unhashed)
         sd_models.checkpoints_list[info.title] = info
         for alias in info.ids:
             sd_models.checkpoint_aliases[alias] = info
     sd_models.model_data = types.SimpleNamespace(
-        sd_model=FakeInitialModel() if forge else None, forge_hash=""
+        sd_model=FakeInitialModel() if forge else None, forge_hash="", forge_loading_parameters={}
     )
+
+    def select_checkpoint() -> CheckpointInfo:
+        """Like sd_models.select_checkpoint: the option's checkpoint, else the first one."""
+        found = sd_models.checkpoint_aliases.get(shared.opts.sd_model_checkpoint)
+        return found or next(iter(sd_models.checkpoints_list.values()))
+
+    sd_models.select_checkpoint = select_checkpoint
     sd_models.checkpoint_tiles = lambda use_short=False: [
         (i.short_title if use_short else (i.name if forge else i.title))
         for i in sd_models.checkpoints_list.values()
@@ -620,7 +671,7 @@ def build_webui(
     def reload_model_weights(sd_model: Any = None, info: Any = None, forced_reload: bool = False) -> None:
         if forge:
             return  # a no-op in Forge
-        selected = sd_models.checkpoint_aliases.get(shared.opts.sd_model_checkpoint)
+        selected = info or sd_models.select_checkpoint()  # like A1111's reload_model_weights
         web.reloads.append(selected.name_for_extra)
         if getattr(sd_models.model_data.sd_model, "sd_checkpoint_info", None) is not selected:
             web.load(selected)
@@ -629,18 +680,20 @@ def build_webui(
     if forge:
 
         def forge_model_reload() -> tuple[Any, bool]:
-            """Like Forge: nothing happens while the wanted parameters equal the last loaded ones; a
-            failed load leaves no model and the old hash behind (Forge's own behaviour)."""
-            selected = sd_models.checkpoint_aliases.get(shared.opts.sd_model_checkpoint)
+            """Like Forge's sd_models.forge_model_reload: loads what ``forge_loading_parameters``
+            name, and nothing while they print like the last load's (``forge_hash``); a failed load
+            leaves no model and the old hash behind (Forge's own behaviour)."""
             data = sd_models.model_data
-            if data.forge_hash == selected.title:
+            current_hash = str(data.forge_loading_parameters)
+            if data.forge_hash == current_hash:
                 if data.sd_model is None:
                     raise AttributeError("'NoneType' object has no attribute 'sd_checkpoint_info'")
                 return data.sd_model, False
+            selected = data.forge_loading_parameters["checkpoint_info"]
             web.reloads.append(selected.name_for_extra)
             data.sd_model = None  # Forge unloads the old model first
             web.load(selected)
-            data.forge_hash = selected.title
+            data.forge_hash = current_hash
             return data.sd_model, True
 
         sd_models.forge_model_reload = forge_model_reload
@@ -649,6 +702,19 @@ def build_webui(
     processing.process_images = web.process_images
     processing.Processed = Processed
     processing.StableDiffusionProcessingTxt2Img = Processing
+    # What both WebUIs write as "Version:" (launch.git_tag(); Forge prefixes its own version).
+    processing.program_version = lambda: "f2.0.1v1.10.1-1.10.1" if forge else "v1.8.0-RC"
+
+    hashes = types.ModuleType("modules.hashes")
+    hashes.cache = {}  # the WebUI's cache.json "hashes" section: title → {sha256, mtime}
+
+    def sha256_from_cache(filename: str, title: str, use_addnet_hash: bool = False) -> str | None:
+        entry = hashes.cache.get(title)
+        if entry is None or os.path.getmtime(filename) > entry.get("mtime", 0):
+            return None
+        return entry.get("sha256")
+
+    hashes.sha256_from_cache = sha256_from_cache
 
     images = types.ModuleType("modules.images")
     images.save_image = web.save_image
@@ -675,6 +741,7 @@ def build_webui(
         "modules.sd_models": sd_models,
         "modules.processing": processing,
         "modules.images": images,
+        "modules.hashes": hashes,
         "modules.script_callbacks": script_callbacks,
         "modules.scripts": scripts,
     }.items():
@@ -689,17 +756,36 @@ def build_webui(
         forge_pkg.__path__ = []
         forge_pkg.__spec__ = importlib.util.spec_from_loader("modules_forge", loader=None, is_package=True)
         forge_version = types.ModuleType("modules_forge.forge_version")
-        forge_version.version = "f2.0.1v1.10.1"
+        forge_version.version = "2.0.1v1.10.1"  # modules_forge/forge_version.py
         forge_pkg.forge_version = forge_version
         main_entry = types.ModuleType("modules_forge.main_entry")
         main_entry.refreshed = []
-        main_entry.refresh_model_loading_parameters = lambda: main_entry.refreshed.append(True)
+
+        def refresh_model_loading_parameters() -> None:
+            """Like Forge's: the checkpoint the option names becomes what the next load loads."""
+            main_entry.refreshed.append(True)
+            sd_models.model_data.forge_loading_parameters = dict(
+                checkpoint_info=sd_models.select_checkpoint(), additional_modules=[], unet_storage_dtype=None
+            )
+
+        def checkpoint_change(name: str, save: bool = True, refresh: bool = True) -> bool:
+            new_info = sd_models.checkpoint_aliases.get(name)
+            if new_info is sd_models.checkpoint_aliases.get(shared.opts.data.get("sd_model_checkpoint", "")):
+                return False
+            shared.opts.set("sd_model_checkpoint", name)
+            if refresh:
+                refresh_model_loading_parameters()
+            return True
+
+        main_entry.refresh_model_loading_parameters = refresh_model_loading_parameters
+        main_entry.checkpoint_change = checkpoint_change
         forge_pkg.main_entry = main_entry
         for name, module in {
             "modules_forge": forge_pkg,
             "modules_forge.forge_version": forge_version,
             "modules_forge.main_entry": main_entry,
         }.items():
+            web.modules[name] = module
             monkeypatch.setitem(sys.modules, name, module)
     else:
         monkeypatch.delitem(sys.modules, "modules_forge", raising=False)
@@ -710,6 +796,8 @@ def build_webui(
         if not forge:
             web.load(info)
             web.loads.clear()
+    if forge:
+        web.modules["modules_forge.main_entry"].refresh_model_loading_parameters()  # Forge's startup
     web.script = web.load_script()
     return web
 

@@ -17,6 +17,9 @@ from cfgsim.errors import InputError
 from cfgsim.infotext import Infotext
 from cfgsim.result import FAILED, OK, SKIPPED
 from cfgsim.spec import DEFAULT_NEGATIVE, ProbeSpec
+from cfgsim.webui import host as webui_host
+from cfgsim.webui import settings as webui_settings
+from cfgsim.webui import ui as webui_ui
 
 REFERENCE_PNG = (
     Path(__file__).resolve().parents[2] / "shared" / "reference" / "nai-925997e9-seed1337-cfg1-euler256.png"
@@ -101,7 +104,9 @@ def test_forge_has_a_schedule_type_and_loads_lazily(webui, p):
     assert [got["checkpoint"] for got in web.received] == ["base", "other"]
     data = cfgsim_json(processed)
     assert data["environment"]["WebUI"] == "Forge"
-    assert data["environment"]["Version"] == "f2.0.1v1.10.1"
+    # The version string Forge itself writes into its images (launch.git_tag()), not its version file.
+    assert data["environment"]["Version"] == "f2.0.1v1.10.1-1.10.1"
+    assert Infotext.parse(processed.info).params["Version"] == "f2.0.1v1.10.1-1.10.1"
     # Nothing was loaded before the run: nothing to put back (Forge loads lazily anyway).
     assert web.loads == ["base", "other"]
 
@@ -258,9 +263,8 @@ def test_non_sd1_checkpoint_is_skipped_without_loading(webui, p):
 
 def test_non_sd1_model_found_after_loading_becomes_failed(webui, p, monkeypatch):
     web = webui()
-    script = web.script
     # A pickle cannot be inspected before loading: the loaded model's flags tell.
-    monkeypatch.setitem(script.__dict__, "architecture_of", lambda filename: "unknown")
+    monkeypatch.setattr(webui_host, "architecture_of", lambda filename: "unknown")
     monkeypatch.setitem(conftest.ARCHITECTURES, "other", "sdxl")
     processed = run(web, p, ["base", "other"], seeds="1, 2")
     data = cfgsim_json(processed)
@@ -368,16 +372,17 @@ def test_grid_not_saved_when_the_user_or_the_api_says_so(webui, p, how):
 def test_gallery_order_and_infotexts(webui, p):
     web = webui()
     processed = run(web, p, ["base", "other"], seeds="1, 2", include_images=True)
-    # grid, one heatmap (SSIM), then the four cells in grid order (row by row).
-    assert len(processed.images) == 2 + 4
-    assert processed.infotexts[:2] == [processed.info] * 2
-    cell_infos = processed.infotexts[2:]
+    # The drawings (grid first, then the family tree and one heatmap per metric, as
+    # cfgsim.grid.render_all makes them), then the four cells in grid order (row by row).
+    n = processed.index_of_first_image
+    assert n >= 2 and len(processed.images) == n + 4
+    assert processed.infotexts[:n] == [processed.info] * n
+    cell_infos = processed.infotexts[n:]
     assert ["Model: base" in t for t in cell_infos] == [True, False, True, False]
     assert [Infotext.parse(t).params["Seed"] for t in cell_infos] == ["1", "1", "2", "2"]
-    assert processed.index_of_first_image == 2
-    assert processed.all_seeds[2:] == [1, 1, 2, 2]
+    assert processed.all_seeds[n:] == [1, 1, 2, 2]
     without = run(web, p, ["base", "other"], seeds="1, 2")
-    assert len(without.images) == 2
+    assert len(without.images) == n
 
 
 def test_report_in_comments_and_matrix_in_the_api_info(webui, p):
@@ -526,9 +531,8 @@ def test_reference_image_mode_needs_an_image(webui, p):
         run(web, p, ["base"], reference_mode=2)
 
 
-def test_reference_info_box_shows_differences_before_the_run(webui):
-    web = webui()
-    box = web.script.reference_info_html
+def test_reference_info_box_shows_differences_before_the_run():
+    box = webui_ui.reference_info_html
     assert box("cfg1", "1337", 2, None) == ""
     image = png_with_infotext(
         "Negative prompt: (bad:0)\nSteps: 64, Sampler: Euler, CFG scale: 1, Seed: 7, "
@@ -604,6 +608,7 @@ def test_settings_section(webui, p):
         "cfgsim_default_metrics",
         "cfgsim_clip_model",
         "cfgsim_clip_pretrained",
+        "cfgsim_clip_keep_loaded",
         "cfgsim_overlay_style",
     ]
     assert all(labels[k].section == ("cfgsim", "CFG similarity") for k in keys)
@@ -615,8 +620,8 @@ def test_settings_section(webui, p):
     assert cfgsim_json(processed)["metrics"] == ["phash"]
     web.opts.data["cfgsim_clip_model"] = "ViT-B-16"
     web.opts.data["cfgsim_clip_pretrained"] = "/models/clip.bin"
-    assert web.script.metric_options(web.opts) == {
-        "clip": {"model": "ViT-B-16", "pretrained": "/models/clip.bin"}
+    assert webui_settings.metric_options(web.opts) == {
+        "clip": {"model": "ViT-B-16", "pretrained": "/models/clip.bin", "lazy": True, "cache": True}
     }
 
 

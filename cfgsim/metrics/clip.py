@@ -11,11 +11,23 @@ loaded on import: the weights are loaded on first use (:meth:`ClipMetric.load` o
 :meth:`ClipMetric.prepare`) through open_clip's own download cache, or from a local file given as
 ``pretrained``. When they cannot be had, :class:`cfgsim.errors.ModelLoadError` says how to provide
 them; there is never a silent fallback to an untrained model.
+
+A local weights file is read without executing any code from it: ``.safetensors`` through the
+safetensors library, anything else through ``torch.load(weights_only=True)`` (tensors and plain
+containers only). open_clip's own file loader is not used for it: the open_clip the WebUIs pin
+(2.20) unpickles with a plain ``torch.load``, which runs whatever a pickle says.
+
+Inside a long-lived process (the WebUI) loaded models can be kept between runs: ``cache=True``
+keeps the model in a process-wide cache keyed by (model, pretrained, device), and ``lazy=True``
+makes :meth:`ClipMetric.load` only check that the model can be had, deferring the weights (and
+the GPU memory) to the first :meth:`ClipMetric.prepare` — after the probe images are made.
+:func:`release_cached_models` frees them.
 """
 
 from __future__ import annotations
 
 import os
+import pickle
 from collections.abc import Sequence
 from typing import Any
 
@@ -25,7 +37,7 @@ from PIL import Image
 from cfgsim.errors import InputError, ModelLoadError
 from cfgsim.metrics.base import Metric, check_images
 
-__all__ = ["ClipMetric"]
+__all__ = ["ClipMetric", "load_weights_file", "release_cached_models"]
 
 DEFAULT_MODEL = "ViT-B-32"
 DEFAULT_PRETRAINED = "laion2b_s34b_b79k"
@@ -36,6 +48,68 @@ _HOW_TO_PROVIDE = (
     "open_clip downloads the weights on first use into its cache, so run once with network access, "
     "or pass a local weights file with the clip 'pretrained' option (--clip-pretrained FILE)"
 )
+
+
+# (model name, pretrained, device) → (model, preprocess), for ClipMetric(cache=True).
+_CACHE: dict[tuple[str, str, str], tuple[Any, Any]] = {}
+
+
+def release_cached_models() -> int:
+    """Drop every cached CLIP model (and return the CUDA memory it held); returns how many."""
+    count = len(_CACHE)
+    _CACHE.clear()
+    if count:
+        import gc
+
+        gc.collect()
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        except ImportError:
+            pass
+    return count
+
+
+def cached_model_count() -> int:
+    return len(_CACHE)
+
+
+def load_weights_file(path: str) -> dict[str, Any]:
+    """A CLIP state dict from a local file, never executing code from it.
+
+    ``.safetensors`` via safetensors; other files via ``torch.load(weights_only=True)``, which
+    refuses pickles that need anything beyond tensors and plain containers. A checkpoint that wraps
+    its weights (``{"state_dict": ...}``) or was saved from DataParallel (``module.`` prefixes) is
+    unwrapped the way open_clip does.
+    """
+    import torch
+
+    try:
+        if path.lower().endswith(".safetensors"):
+            from safetensors.torch import load_file
+
+            data: Any = load_file(path, device="cpu")
+        else:
+            data = torch.load(path, map_location="cpu", weights_only=True)
+    except ImportError as exc:
+        raise ModelLoadError(f"clip: cannot read {path!r}: {exc}; install safetensors") from None
+    except pickle.UnpicklingError as exc:
+        raise ModelLoadError(
+            f"clip: the weights file {path!r} is not plain weights: it needs code to load, which is "
+            f"refused ({str(exc).splitlines()[0] if str(exc) else 'unsafe pickle'}); convert it to "
+            ".safetensors or save only its state_dict"
+        ) from None
+    except Exception as exc:  # damaged files raise RuntimeError, EOFError, OSError, SafetensorError
+        raise ModelLoadError(f"clip: cannot read the weights file {path!r}: {exc}") from None
+    if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
+        data = data["state_dict"]
+    if not isinstance(data, dict) or not data:
+        raise ModelLoadError(f"clip: the weights file {path!r} holds no state dict")
+    if next(iter(data)).startswith("module."):
+        data = {k[len("module.") :]: v for k, v in data.items()}
+    return data
 
 
 def _looks_like_path(pretrained: str) -> bool:
@@ -53,7 +127,8 @@ class ClipMetric(Metric):
     Options: ``model`` (open_clip architecture name), ``pretrained`` (an open_clip tag, or a path to
     a local weights file), ``device`` (default: CUDA when available, else CPU), ``batch_size``.
     Tests and embedders may inject an already built model with ``model_obj`` and its image
-    transform with ``preprocess``; it is put in eval mode.
+    transform with ``preprocess``; it is put in eval mode. ``cache`` and ``lazy``: see the module
+    docstring.
     """
 
     name = "clip"
@@ -73,6 +148,8 @@ class ClipMetric(Metric):
         batch_size: int = 16,
         model_obj: Any = None,
         preprocess: Any = None,
+        cache: bool = False,
+        lazy: bool = False,
     ) -> None:
         if batch_size < 1:
             raise InputError(f"clip: batch_size must be at least 1, not {batch_size!r}")
@@ -85,6 +162,8 @@ class ClipMetric(Metric):
         self._model = model_obj
         self._preprocess = preprocess
         self._injected = model_obj is not None
+        self.cache = cache
+        self.lazy = lazy
 
     def settings(self) -> dict[str, Any]:
         if self._injected:
@@ -95,11 +174,18 @@ class ClipMetric(Metric):
         return f"open_clip model {self.model_name!r} with pretrained weights {self.pretrained!r}"
 
     def load(self) -> None:
-        """Load the model now; raises :class:`~cfgsim.errors.ModelLoadError` when it cannot."""
+        """Load the model now (with ``lazy``: only check it can be had); raises
+        :class:`~cfgsim.errors.ModelLoadError` when it cannot."""
         if self._model is not None:
             if self._injected:
                 self._model.eval()
             return
+        open_clip, torch = self._check()
+        if not self.lazy:
+            self._load_now(open_clip, torch)
+
+    def _check(self) -> tuple[Any, Any]:
+        """open_clip and torch, after checking what can be checked without loading weights."""
         pretrained = self.pretrained
         if _looks_like_path(pretrained) and not os.path.isfile(pretrained):
             raise ModelLoadError(
@@ -114,21 +200,55 @@ class ClipMetric(Metric):
                 f"clip: the clip metric needs torch and open-clip-torch ({exc}); "
                 "install them with: pip install open-clip-torch"
             ) from None
+        list_models = getattr(open_clip, "list_models", None)
+        if callable(list_models) and self.model_name not in list_models():
+            raise ModelLoadError(f"clip: open_clip has no model {self.model_name!r}; {_HOW_TO_PROVIDE}")
+        return open_clip, torch
+
+    def _load_now(self, open_clip: Any, torch: Any) -> None:
         device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        key = (self.model_name, self.pretrained, device)
+        if self.cache and key in _CACHE:
+            self.device = device
+            self._model, self._preprocess = _CACHE[key]
+            return
+        pretrained = self.pretrained
         try:
-            model, _, preprocess = open_clip.create_model_and_transforms(
-                self.model_name, pretrained=pretrained, device=device
-            )
-        except Exception as exc:  # open_clip raises RuntimeError, OSError, HTTP and unpickling errors
+            if _looks_like_path(pretrained):
+                # Built without weights, then filled from the file by cfgsim's safe reader.
+                model, _, preprocess = open_clip.create_model_and_transforms(
+                    self.model_name, pretrained=None, device="cpu"
+                )
+                state = load_weights_file(pretrained)
+                try:
+                    model.load_state_dict(state, strict=True)
+                except (RuntimeError, ValueError) as exc:
+                    raise ModelLoadError(
+                        f"clip: the weights in {pretrained!r} do not fit open_clip model "
+                        f"{self.model_name!r}: {str(exc).splitlines()[0]}"
+                    ) from None
+                model = model.to(device)
+            else:
+                model, _, preprocess = open_clip.create_model_and_transforms(
+                    self.model_name, pretrained=pretrained, device=device
+                )
+        except ModelLoadError:
+            raise
+        except Exception as exc:  # open_clip raises RuntimeError, OSError, HTTP errors
             raise ModelLoadError(f"clip: cannot load {self._describe()}: {exc}. {_HOW_TO_PROVIDE}") from exc
         model.eval()
         self.device = device
         self._model, self._preprocess = model, preprocess
+        if self.cache:
+            _CACHE[key] = (model, preprocess)
 
     def prepare(self, images: Sequence[Any]) -> list[np.ndarray]:
         """Unit-length float64 embeddings, one per image, computed in batches."""
         arrays = check_images(images, metric=self.name, same_size=False)
-        self.load()
+        if self._model is None:
+            self._load_now(*self._check())
+        else:
+            self.load()
         import torch
 
         model, preprocess = self._model, self._preprocess
