@@ -10,7 +10,8 @@ still compared.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from cfgsim.compare import compare, load_metrics
 from cfgsim.errors import InputError
@@ -60,8 +61,11 @@ def run_probe(
     reference: Reference | None = None,
     preset: str = "",
     deviations: Sequence[tuple[str, str, str]] = (),
+    lineage_options: Mapping[str, Any] | None = None,
 ) -> ProbeResult:
     """Probe every checkpoint under ``spec`` for each of its seeds and compare the images.
+
+    ``lineage_options`` (``alpha``, ``replicates``) go to :func:`cfgsim.compare.compare`.
 
     ``metrics`` are metric objects (see :func:`cfgsim.compare.build_metrics`); they are loaded
     before the first image so that a missing CLIP model fails in seconds, not after the run.
@@ -133,4 +137,4 @@ def run_probe(
     host.progress(done, total, "comparing")
     result.interrupted = stopped
     result.cells = [cells[(i, r)] for r in range(len(spec.seeds)) for i in range(len(checkpoints))]
-    return compare(result, metrics)
+    return compare(result, metrics, **dict(lineage_options or {}))
