@@ -15,6 +15,7 @@ from cfgsim.spec import (
     PRESETS,
     SPEC_LABELS,
     ProbeSpec,
+    choose_spec,
     format_seeds,
     get_preset,
     parse_seeds,
@@ -158,6 +159,32 @@ def test_differences_list_label_and_both_values():
     assert ("Sampler", "Euler", "Euler a") in diffs
     assert len(diffs) == 2
     assert ProbeSpec().differences(ProbeSpec()) == []
+
+
+def test_differences_show_the_value_in_use_where_the_webui_writes_no_pair():
+    """Clip skip 1 and the "Automatic" schedule have no infotext pair; the difference still names
+    the value the run uses (the box read "Clip skip 2 → (none)" while the run used 1)."""
+    one = ProbeSpec.from_infotext(
+        "Steps: 256, Sampler: Euler, CFG scale: 1, Seed: 1337, Size: 512x512, Clip skip: 1"
+    )
+    assert one.clip_skip == 1
+    assert ProbeSpec().differences(one) == [("Clip skip", "2", "1")]
+    assert ProbeSpec(scheduler="Karras").differences(ProbeSpec()) == [
+        ("Schedule type", "Karras", "Automatic")
+    ]
+
+
+def test_choose_spec_from_a_reference_infotext():
+    choice = choose_spec(
+        "cfg1", "1, 2", reference_infotext="Steps: 64, Sampler: Euler, Seed: 7, Size: 512x512"
+    )
+    assert choice.spec.steps == 64 and choice.spec.seeds == (7,)
+    assert ("Steps", "256", "64") in choice.deviations
+    assert any("seed 7" in note for note in choice.notes)
+    plain = choose_spec("cfg1", "1, 2", 8)
+    assert plain.spec.seeds == (1, 2) and plain.spec.effective_steps == 8 and plain.deviations == []
+    assert any("not the probe" in note for note in plain.notes)
+    assert any("no infotext" in note for note in choose_spec("cfg1", "", reference_infotext="").notes)
 
 
 def test_bad_value_in_infotext_names_key_and_value():
