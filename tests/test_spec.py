@@ -168,7 +168,7 @@ def test_differences_show_the_value_in_use_where_the_webui_writes_no_pair():
         "Steps: 256, Sampler: Euler, CFG scale: 1, Seed: 1337, Size: 512x512, Clip skip: 1"
     )
     assert one.clip_skip == 1
-    assert ProbeSpec().differences(one) == [("Clip skip", "2", "1")]
+    assert ProbeSpec(negative_prompt="").differences(one) == [("Clip skip", "2", "1")]
     assert ProbeSpec(scheduler="Karras").differences(ProbeSpec()) == [
         ("Schedule type", "Karras", "Automatic")
     ]
