@@ -639,3 +639,57 @@ def test_clip_bad_weights_file_raises_model_load_error(tiny_clip_config: str, tm
     metric = ClipMetric(model=tiny_clip_config, pretrained=str(bad), device="cpu")
     with pytest.raises(ModelLoadError, match=r"broken\.bin"):
         metric.load()
+
+
+# --- SSIM memory ---------------------------------------------------------------------------------
+
+
+def _traced_peak(func) -> tuple[object, int]:
+    """(func(), peak bytes allocated meanwhile): numpy reports its buffers to tracemalloc."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        out = func()
+        return out, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_ssim_prepare_keeps_no_statistics() -> None:
+    """Preparing holds the images only: the old prepare made 18 bytes of statistics per pixel and
+    channel for every image at once (2048² RGB: 226 MB an image, whatever the matrix needed)."""
+    images = [smooth_image(seed, 256, 256) for seed in range(8)]
+    metric = SsimMetric(workers=1)
+    _, peak = _traced_peak(lambda: metric.prepare(images))
+    assert peak < 256 * 256 * 3  # less than one image's worth: nothing is copied
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_ssim_matrix_memory_stays_within_the_budget(workers: int) -> None:
+    images = [smooth_image(seed, 256, 192) for seed in range(8)]
+    metric = SsimMetric(workers=workers)
+    metric.memory_budget = 6 * 2**20  # the full statistics would take 8 x 2.65 MB
+    matrix, peak = _traced_peak(lambda: metric.compare(images))
+    assert peak <= metric.memory_budget
+    prepared = metric.prepare(images)
+    assert metric.plan(8, (3, 256, 192))[1] < 250  # several bands
+    # Banding changes nothing but rounding: the same matrix as one band, and scikit-image's values.
+    whole = SsimMetric(workers=workers).matrix(prepared)
+    np.testing.assert_allclose(matrix, whole, rtol=0, atol=1e-12)
+    for i in range(8):
+        for j in range(i + 1, 8):
+            assert matrix[i, j] == pytest.approx(sk_ssim(images[i], images[j]), abs=SKIMAGE_TOLERANCE)
+    assert metric.score(prepared[2], prepared[5]) == pytest.approx(matrix[2, 5], abs=1e-12)
+
+
+def test_ssim_plan_fits_the_budget_and_caps_workers() -> None:
+    metric = SsimMetric(workers=8)
+    workers, band = metric.plan(8, (3, 2048, 2048))
+    assert 16 <= band < 2042 and workers >= 1
+    metric.memory_budget = 8 * 2**20
+    workers, band = metric.plan(8, (3, 2048, 2048))
+    assert band == 16 and workers < 8  # the smallest band, then fewer workers
+    # A small image is one band.
+    assert SsimMetric().plan(4, (3, 64, 64))[1] == 58

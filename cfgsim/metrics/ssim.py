@@ -24,8 +24,17 @@ What differs is the arithmetic, arranged for many pairs:
   small enough for the CPU cache, so each image's statistics come from memory once per tile rather
   than once per pair. Tiles run in threads: numpy releases the GIL inside its loops.
 
+* Memory is bounded: :meth:`SsimMetric.prepare` only checks and keeps the images; the statistics
+  (18 bytes a pixel and channel) are computed in horizontal bands of rows, for all images at once,
+  and each band's pair sums are added up before the next band is prepared. The band height is
+  chosen so that the bands' statistics and the workers' scratch fit :data:`MEMORY_BUDGET` (and half
+  the memory the system has available); a small image is one band. Every position's value is the
+  same whatever the banding (exact integer window sums), and the sums are accumulated in float64,
+  so the banding changes a score by rounding only (below 1e-12).
+
 ``benchmarks/bench_ssim.py`` measures it against scikit-image's pair loop: for N = 32 images of
-512×512 the matrix, preparation included, is well over 20 times faster, and agrees to about 3e-8.
+512×512 the matrix, preparation included, is well over 20 times faster, and agrees to about 3e-8;
+it also measures the peak memory of N = 8 images of 2048×2048.
 """
 
 from __future__ import annotations
@@ -42,7 +51,7 @@ import numpy as np
 from cfgsim.errors import InputError
 from cfgsim.metrics.base import Metric, check_images
 
-__all__ = ["SsimMetric", "SsimStats", "ssim"]
+__all__ = ["MEMORY_BUDGET", "SsimImage", "SsimMetric", "SsimStats", "ssim"]
 
 _CENTRE = 128  # uint8 pixels are stored minus 128, as int16: products are at most 2**14 in magnitude
 
@@ -52,6 +61,13 @@ _CENTRE = 128  # uint8 pixels are stored minus 128, as int16: products are at mo
 _BLOCK = 1 << 16
 # Images per tile of the matrix (see SsimMetric.matrix): their blocks are kept in cache together.
 _GROUP = 4
+#: Bytes the banded statistics and the workers' scratch may take together (see SsimMetric.matrix).
+MEMORY_BUDGET = 768 * 2**20
+# Bytes per band element: the statistics kept for each image (int16 pixels, four float32 arrays),
+# and one worker's scratch while preparing (the doubling sums of pixels and of squares).
+_STATS_BYTES = 2 + 4 * 4
+_SCRATCH_BYTES = 64
+_MIN_BAND_ROWS = 16
 
 
 class _Scratch:
@@ -255,8 +271,8 @@ def _pair_sums(
             np.add(a.r[block], b.r[block], out=den)
             den *= t
             num /= den
-            # Pairwise summation (numpy's default on a contiguous array) keeps float32 within ~1e-6.
-            totals[index] += float(np.add.reduce(num, dtype=num.dtype))
+            # Summed in float64: the same total however the positions are split into bands and blocks.
+            totals[index] += float(np.add.reduce(num, dtype=np.float64))
             if smap is not None:
                 smap[start:stop] = num
     return totals
@@ -388,11 +404,64 @@ def _default_workers() -> int:
     return max(1, min(cores, 8))
 
 
+def _available_memory() -> int | None:
+    """Bytes the system can give without swapping (Linux ``MemAvailable``), or None when unknown."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+@dataclass(frozen=True, eq=False)
+class SsimImage:
+    """A prepared image for :class:`SsimMetric`: the checked uint8 (H, W, C) pixels, not copied.
+
+    The statistics are computed band by band when pairs are compared (see :meth:`SsimMetric.matrix`),
+    so preparing any number of images costs no memory beyond the images themselves.
+    """
+
+    pixels: np.ndarray
+    params: tuple
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """(C, H, W): channels first, as :class:`SsimStats` has it."""
+        height, width, channels = self.pixels.shape
+        return (channels, height, width)
+
+    @property
+    def interior_size(self) -> int:
+        channels, height, width = self.shape
+        win = self.params[1]
+        return channels * (height - win + 1) * (width - win + 1)
+
+    def band(self, top: int, bottom: int) -> np.ndarray:
+        """Rows [top, bottom) channels first, contiguous: (C, bottom − top, W)."""
+        return np.ascontiguousarray(self.pixels[top:bottom].transpose(2, 0, 1))
+
+
+def _check_images(a: SsimImage, b: SsimImage) -> None:
+    if a.shape != b.shape or a.params != b.params:
+        raise InputError(
+            f"ssim: cannot compare images of shapes {a.shape} and {b.shape} (channels first) "
+            "or prepared with different options"
+        )
+
+
 class SsimMetric(Metric):
     """SSIM as in scikit-image (7×7 uniform window, channels averaged), batched over many pairs.
 
     Options: ``win_size`` (odd, default 7) and ``workers`` (threads for :meth:`matrix`; default the
-    number of usable cores, at most 8). Prepared statistics take about 14 MB per 512×512 image.
+    number of usable cores, at most 8, fewer when memory is short). Memory stays within
+    :data:`MEMORY_BUDGET` beyond the images themselves (see the module's notes), whatever their
+    number and size.
     """
 
     name = "ssim"
@@ -402,6 +471,7 @@ class SsimMetric(Metric):
         "-1..1, 1 = identical"
     )
     same_size = True
+    memory_budget = MEMORY_BUDGET
 
     def __init__(self, *, win_size: int = 7, workers: int | None = None) -> None:
         if not isinstance(win_size, (int, np.integer)) or win_size < 3 or win_size % 2 == 0:
@@ -415,7 +485,7 @@ class SsimMetric(Metric):
     def settings(self) -> dict[str, Any]:
         return {"win_size": self.win_size, "data_range": 255, "K1": 0.01, "K2": 0.03}
 
-    def prepare(self, images: Sequence[Any]) -> list[SsimStats]:
+    def prepare(self, images: Sequence[Any]) -> list[SsimImage]:
         arrays = check_images(images, metric=self.name, same_size=True)
         for arr in arrays:
             if min(arr.shape[:2]) < self.win_size:
@@ -423,15 +493,43 @@ class SsimMetric(Metric):
                     f"ssim: images of {arr.shape[1]}x{arr.shape[0]} are smaller than the "
                     f"{self.win_size}x{self.win_size} window"
                 )
+        return [SsimImage(arr, self._params) for arr in arrays]
 
-        def prepare_one(arr: np.ndarray, scratch: _Scratch) -> SsimStats:
-            return _prepare(np.ascontiguousarray(arr.transpose(2, 0, 1)), self._params, scratch)
+    def plan(self, n_images: int, shape: tuple[int, int, int]) -> tuple[int, int]:
+        """(workers, band height in output rows) for ``n_images`` of ``shape`` (C, H, W).
 
-        return self._map(prepare_one, arrays)
+        The bands' statistics for all images plus each worker's scratch fit the budget (the
+        smaller of :attr:`memory_budget` and half the available memory): first the band shrinks,
+        down to a few rows, then the workers. A band is never under :data:`_MIN_BAND_ROWS` rows
+        (or the whole image), so a huge number of images can still exceed the budget, by their
+        statistics alone.
+        """
+        channels, height, width = shape
+        rows = height - self.win_size + 1
+        budget = self.memory_budget
+        available = _available_memory()
+        if available is not None:
+            budget = min(budget, available // 2)
+        workers = max(1, min(self.workers or _default_workers(), max(1, n_images)))
+        per_row = channels * width  # band elements per row of pixels
+        halo = self.win_size - 1
+        # Each worker's scratch for the pair sums: a dozen arrays of a block plus its halo.
+        pair_scratch = 12 * 4 * (_BLOCK + halo * (width + 1))
 
-    def _map(self, func: Any, items: Sequence[Any]) -> list:
-        """``[func(item, scratch) for item in items]`` on the worker threads, one scratch per thread."""
-        workers = min(self.workers or _default_workers(), max(1, len(items)))
+        def cost(band: int, k: int) -> int:
+            per_worker = (band + halo) * per_row * _SCRATCH_BYTES + pair_scratch
+            return (band + halo) * per_row * n_images * _STATS_BYTES + k * per_worker
+
+        room = budget - workers * pair_scratch
+        band = room // max(1, per_row * (n_images * _STATS_BYTES + workers * _SCRATCH_BYTES)) - halo
+        band = min(rows, max(min(rows, _MIN_BAND_ROWS), band))
+        while workers > 1 and cost(band, workers) > budget:
+            workers -= 1
+        return workers, band
+
+    def _map(self, func: Any, items: Sequence[Any], workers: int) -> list:
+        """``[func(item, scratch) for item in items]`` on ``workers`` threads, one scratch per thread."""
+        workers = min(workers, max(1, len(items)))
         if workers == 1:
             scratch = _Scratch()
             return [func(item, scratch) for item in items]
@@ -446,28 +544,84 @@ class SsimMetric(Metric):
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cfgsim-ssim") as pool:
             return list(pool.map(run, items))
 
-    def score(self, a: SsimStats, b: SsimStats) -> float:
-        return _pair_score(a, b)
+    def score(self, a: SsimImage, b: SsimImage) -> float:
+        _check_images(a, b)
+        if a is b:
+            return 1.0
+        return float(self._sums([a, b], [(0, 1)])[0]) / a.interior_size
 
-    def matrix(self, prepared: Sequence[SsimStats]) -> np.ndarray:
+    def matrix(self, prepared: Sequence[SsimImage]) -> np.ndarray:
         n = len(prepared)
         out = np.eye(n, dtype=np.float64)
-        for stats in prepared[1:]:
-            _check_pair(prepared[0], stats)
-        # Pairs are computed in tiles: the rows of a group of _GROUP images against every later
-        # image, block by block, so each image's statistics are read from memory once per tile
-        # rather than once per pair. Tiles shrink down the matrix; handing them out in order
-        # balances the threads well enough.
-        workers = self.workers or _default_workers()
-        size = _GROUP if n - 1 >= 2 * _GROUP * workers else max(1, (n - 1) // (2 * workers))
-        groups = [range(g, min(g + size, n)) for g in range(0, n - 1, size)]
-
-        def tile(rows: range, scratch: _Scratch) -> None:
-            cells = [(i, j) for j in range(rows.start + 1, n) for i in rows if i < j]
-            sums = _pair_sums([(prepared[i], prepared[j]) for i, j in cells], scratch)
-            for (i, j), total in zip(cells, sums, strict=True):
-                # Each tile writes its own cells: no lock needed.
-                out[i, j] = out[j, i] = total / prepared[i].interior_size
-
-        self._map(tile, groups)
+        if n < 2:
+            return out
+        for image in prepared[1:]:
+            _check_images(prepared[0], image)
+        cells = [(i, j) for i in range(n) for j in range(i + 1, n)]
+        sums = self._sums(prepared, cells)
+        for (i, j), total in zip(cells, sums, strict=True):
+            out[i, j] = out[j, i] = total / prepared[i].interior_size
         return out
+
+    def _sums(self, images: Sequence[SsimImage], cells: Sequence[tuple[int, int]]) -> np.ndarray:
+        """Sums of the SSIM maps over the interior for the pairs ``cells`` of ``images``.
+
+        Band by band: the statistics of every image for the band (in threads), then the pairs in
+        tiles (the rows of a group of _GROUP images against every later image, block by block, so
+        each image's statistics are read from memory once per tile rather than once per pair).
+        """
+        n = len(images)
+        first = images[0]
+        win = first.params[1]
+        rows = first.shape[1] - win + 1
+        workers, band = self.plan(n, first.shape)
+        used = sorted({k for cell in cells for k in cell})
+        by_row: dict[int, list[int]] = {}
+        for index, (i, _) in enumerate(cells):
+            by_row.setdefault(i, []).append(index)
+        size = _GROUP if len(by_row) >= 2 * _GROUP * workers else max(1, len(by_row) // (2 * workers))
+        starts = sorted(by_row)
+        groups = [starts[g : g + size] for g in range(0, len(starts), size)]
+        totals = np.zeros(len(cells), dtype=np.float64)
+
+        for top in range(0, rows, band):
+            bottom = min(top + band, rows) + win - 1
+            self._band_sums(
+                images,
+                (top, bottom),
+                used=used,
+                cells=cells,
+                groups=groups,
+                by_row=by_row,
+                workers=workers,
+                totals=totals,
+            )
+        return totals
+
+    def _band_sums(
+        self,
+        images: Sequence[SsimImage],
+        rows: tuple[int, int],
+        *,
+        used: list[int],
+        cells: Sequence[tuple[int, int]],
+        groups: list[list[int]],
+        by_row: dict[int, list[int]],
+        workers: int,
+        totals: np.ndarray,
+    ) -> None:
+        """Add the pairs' sums over the output rows of the pixel rows ``rows`` to ``totals``."""
+        params = images[0].params
+
+        def prepare_one(k: int, scratch: _Scratch) -> SsimStats:
+            return _prepare(images[k].band(*rows), params, scratch)
+
+        stats = dict(zip(used, self._map(prepare_one, used, workers), strict=True))
+
+        def tile(group: list[int], scratch: _Scratch) -> None:
+            indices = [index for i in group for index in by_row[i]]
+            pairs = [(stats[cells[index][0]], stats[cells[index][1]]) for index in indices]
+            # Tiles add to disjoint cells: no lock needed.
+            totals[indices] += _pair_sums(pairs, scratch)
+
+        self._map(tile, groups, workers)
