@@ -125,10 +125,10 @@ def run_probe(
             except CheckpointLoadError as exc:
                 load_error = error_text(exc)
                 cell.status, cell.reason = FAILED, load_error
-                log.warning("cfgsim: %s could not be loaded: %s", checkpoint.label, load_error)
+                log.warning("%s could not be loaded: %s", checkpoint.label, load_error)
             except Exception as exc:  # a failed cell is reported on the grid; the run goes on
                 cell.status, cell.reason = FAILED, error_text(exc)
-                log.warning("cfgsim: %s seed %s failed: %s", checkpoint.label, seed, cell.reason)
+                log.warning("%s seed %s failed: %s", checkpoint.label, seed, cell.reason)
             else:
                 cell.status, cell.image, cell.infotext = OK, generated.image, generated.infotext
                 for key, value in generated.settings.items():

@@ -155,11 +155,19 @@ class MetricScores:
 
 
 def rank_scores(scores: Sequence[float] | np.ndarray) -> list[int | None]:
-    """1-based ranks, highest score first; None for NaN (no image, or the reference itself)."""
-    order = sorted((i for i in range(len(scores)) if not math.isnan(scores[i])), key=lambda i: -scores[i])
-    ranks: list[int | None] = [None] * len(scores)
-    for rank, i in enumerate(order, start=1):
-        ranks[i] = rank
+    """1-based ranks, highest score first; None for NaN (no image, or the reference itself).
+
+    Tied scores share the best rank of their group ("1, 2, 2, 4", competition ranking): four
+    items at pHash 0.500 are all #2, not #2…#5 in an arbitrary order.
+    """
+    from scipy.stats import rankdata
+
+    values = np.asarray(scores, dtype=float)
+    ranks: list[int | None] = [None] * len(values)
+    valid = [i for i in range(len(values)) if not math.isnan(values[i])]
+    if valid:
+        for i, rank in zip(valid, rankdata(-values[valid], method="min"), strict=True):
+            ranks[i] = int(rank)
     return ranks
 
 

@@ -248,7 +248,9 @@ def test_labels_with_html_and_path_characters(tmp_path, images, capsys):
     )
     assert read_result(out).items[0].label == "<img src=x onerror=alert(1)>"
     # Labels never become paths: only the files asked for were written, all in out/.
-    assert sorted(p.name for p in out_dir.iterdir()) == sorted(["g.png", "g-heatmap-ssim.png", "r.json"])
+    assert sorted(p.name for p in out_dir.iterdir()) == sorted(
+        ["g.png", "g-tree.png", "g-heatmap-ssim.png", "r.json"]
+    )
 
 
 def test_unknown_metric(tmp_path, images, capsys):

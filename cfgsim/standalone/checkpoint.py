@@ -80,6 +80,9 @@ def file_sha256(path: str | os.PathLike[str], chunk_size: int = 1 << 20) -> str:
 def read_safetensors_header(path: str | os.PathLike[str]) -> dict[str, tuple[int, ...]]:
     """Tensor names and shapes from a ``.safetensors`` header, without torch and without the data."""
     name = os.fspath(path)
+    actual = sniff_file_type(path)
+    if actual is not None:
+        raise CheckpointFileError(f"{name}: not a checkpoint: the file is {actual}")
     try:
         size = os.path.getsize(path)
         with open(path, "rb") as file:
@@ -248,12 +251,48 @@ def load_state_dict(
     return {k: v for k, v in tensors.items() if isinstance(v, torch.Tensor) and keep(k)}
 
 
+# What a file that should be a checkpoint often really is: its first bytes → a name for the user.
+_MAGIC: tuple[tuple[bytes, str], ...] = (
+    (b"\x89PNG\r\n\x1a\n", "a PNG image"),
+    (b"\xff\xd8\xff", "a JPEG image"),
+    (b"GIF8", "a GIF image"),
+    (b"version https://git-lfs", "a Git LFS pointer (the real file was never downloaded)"),
+    (b"<!DOCTYPE", "an HTML page (a failed download?)"),
+    (b"<html", "an HTML page (a failed download?)"),
+    (b"\x1f\x8b", "a gzip archive"),
+    (b"7z\xbc\xaf", "a 7-Zip archive"),
+    (b"Rar!", "a RAR archive"),
+)
+
+
+def sniff_file_type(path: str | os.PathLike[str]) -> str | None:
+    """What a file is by its first bytes, when it is something that is clearly not a checkpoint."""
+    try:
+        with open(path, "rb") as file:
+            head = file.read(64)
+    except OSError:
+        return None
+    if not head:
+        return "an empty file"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "a WebP image"
+    for magic, name in _MAGIC:
+        if head.lower().startswith(magic.lower()) if magic.startswith(b"<") else head.startswith(magic):
+            return name
+    if head.lstrip()[:1] in (b"{", b"[") and b"\x00" not in head:
+        return "a JSON or text file"
+    return None
+
+
 def _torch_load_weights_only(path: Path) -> object:
     import pickle
     import zipfile
 
     import torch
 
+    actual = sniff_file_type(path)
+    if actual is not None:
+        raise CheckpointFileError(f"{path}: not a checkpoint: the file is {actual}")
     try:
         try:
             # mmap keeps a 4 GB file's tensors on disk until they are used (zip-format files only).
