@@ -8,6 +8,11 @@ the same for all of them.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
@@ -136,3 +141,123 @@ class CheckpointLoadError(Exception):
     """Raised by a host's generate() when the checkpoint itself cannot be used (missing file, load
     error, wrong architecture): the run loop marks all of that checkpoint's cells failed at once
     instead of trying to load it again for every seed."""
+
+
+# -- checkpoint hashes ------------------------------------------------------------------------------
+
+# The WebUI's legacy "Model hash" reads 64 KiB at offset 1 MiB (``sd_models.model_hash``).
+LEGACY_HASH_OFFSET = 0x100000
+LEGACY_HASH_LENGTH = 0x10000
+
+
+@dataclass(frozen=True)
+class FileHashes:
+    """A checkpoint file's two hashes: the WebUI's legacy 8-hex ``Model hash`` and the full sha256
+    (whose first 10 hex digits are the WebUI's ``shorthash``)."""
+
+    legacy: str
+    sha256: str
+
+
+def file_hashes(path: str | os.PathLike[str], chunk_size: int = 1 << 20) -> FileHashes:
+    """Both hashes of a file in one read (a multi-GB checkpoint is read once, not once per hash).
+
+    Files shorter than 1 MiB get the legacy hash of the empty string, exactly as the WebUI's
+    seek-then-read does.
+    """
+    full = hashlib.sha256()
+    legacy_bytes = bytearray()
+    position = 0
+    start, stop = LEGACY_HASH_OFFSET, LEGACY_HASH_OFFSET + LEGACY_HASH_LENGTH
+    with open(path, "rb") as file:
+        while chunk := file.read(chunk_size):
+            full.update(chunk)
+            end = position + len(chunk)
+            if end > start and position < stop:
+                legacy_bytes += chunk[max(start - position, 0) : min(stop, end) - position]
+            position = end
+    return FileHashes(hashlib.sha256(bytes(legacy_bytes)).hexdigest()[:8], full.hexdigest())
+
+
+def default_hash_cache_path() -> str:
+    """``$CFGSIM_CACHE_DIR/hashes.json``, else ``$XDG_CACHE_HOME/cfgsim/hashes.json``, else
+    ``~/.cache/cfgsim/hashes.json``."""
+    base = os.environ.get("CFGSIM_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "cfgsim"
+    )
+    return os.path.join(base, "hashes.json")
+
+
+class HashCache:
+    """Checkpoint hashes cached by absolute path, size and modification time, in a small JSON file.
+
+    Hashing a checkpoint means reading all of it (2-7 GB); the cache makes that once per file
+    version instead of once per run. An entry is used only while the file's size and mtime (ns)
+    are unchanged. The file is rewritten atomically (temporary name, then rename); an unreadable
+    or damaged cache file is treated as empty, and a cache that cannot be written only costs the
+    next run a re-hash. ``path=None``: in memory only.
+    """
+
+    VERSION = 1
+
+    def __init__(self, path: str | os.PathLike[str] | None = "") -> None:
+        self.path = default_hash_cache_path() if path == "" else (None if path is None else os.fspath(path))
+        self._entries: dict[str, dict[str, object]] | None = None
+
+    def _load(self) -> dict[str, dict[str, object]]:
+        if self._entries is None:
+            self._entries = {}
+            if self.path is not None:
+                try:
+                    with open(self.path, encoding="utf-8") as file:
+                        data = json.load(file)
+                    if isinstance(data, dict) and data.get("version") == self.VERSION:
+                        entries = data.get("files")
+                        if isinstance(entries, dict):
+                            self._entries = {k: v for k, v in entries.items() if isinstance(v, dict)}
+                except (OSError, ValueError):
+                    pass
+        return self._entries
+
+    def hashes(self, path: str | os.PathLike[str]) -> FileHashes:
+        """The file's hashes: from the cache while the file is unchanged, else computed (one read)."""
+        key = os.path.abspath(os.fspath(path))
+        stat = os.stat(key)
+        entries = self._load()
+        entry = entries.get(key)
+        if (
+            entry is not None
+            and entry.get("size") == stat.st_size
+            and entry.get("mtime_ns") == stat.st_mtime_ns
+            and isinstance(entry.get("sha256"), str)
+            and isinstance(entry.get("legacy"), str)
+        ):
+            return FileHashes(str(entry["legacy"]), str(entry["sha256"]))
+        hashes = file_hashes(key)
+        entries[key] = {
+            "size": stat.st_size,
+            "mtime_ns": stat.st_mtime_ns,
+            "sha256": hashes.sha256,
+            "legacy": hashes.legacy,
+        }
+        self._save()
+        return hashes
+
+    def _save(self) -> None:
+        if self.path is None:
+            return
+        text = json.dumps({"version": self.VERSION, "files": self._entries}, indent=1, sort_keys=True)
+        folder = os.path.dirname(self.path) or "."
+        try:
+            os.makedirs(folder, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=".hashes-", suffix=".tmp", dir=folder)
+            try:
+                with os.fdopen(fd, "w", encoding="utf-8") as file:
+                    file.write(text)
+                os.replace(tmp, self.path)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                raise
+        except OSError:
+            pass  # a read-only cache folder: hashes are recomputed next time, nothing else changes
