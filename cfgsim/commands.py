@@ -18,7 +18,6 @@ from cfgsim.errors import InputError
 from cfgsim.imageio import load_image
 from cfgsim.metadata import atomic_save_image, read_metadata
 from cfgsim.output import summary_table, unique_filenames
-from cfgsim.result import ProbeResult
 
 __all__ = [
     "add_comparison_options",
@@ -84,7 +83,7 @@ def cmd_split_grid(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from cfgsim.metadata import parse_json
+    from cfgsim.metadata import MetadataError, result_from_document
 
     path = Path(args.grid)
     if not path.is_file():
@@ -97,17 +96,24 @@ def cmd_inspect(args: argparse.Namespace) -> int:
             raise InputError(f"{path}: has WebUI parameters but no cfgsim metadata")
         print(json.dumps(payload, indent=2, ensure_ascii=False))
         return 0
+    # Everything is built before anything is printed: a damaged document gives one line, exit 2.
+    lines = []
     if infotext:
-        print("parameters:")
-        print("  " + infotext.replace("\n", "\n  "))
+        lines += ["parameters:", "  " + infotext.replace("\n", "\n  ")]
     if payload is not None:
-        result = ProbeResult.from_dict(parse_json(json.dumps(payload), source=str(path)))
-        print(
+        result = result_from_document(payload, source=str(path))
+        lines.append(
             f"cfgsim {result.version or '?'} result from {result.host or '?'}: "
             f"{len(result.items)} items × {len(result.rows)} rows"
         )
         if not result.spec.is_probe:
             steps, full = result.spec.effective_steps, result.spec.steps
-            print(f"  QUICK PREVIEW: {steps} steps, not the probe ({full} steps)")
-        print(summary_table(result))
+            lines.append(f"  QUICK PREVIEW: {steps} steps, not the probe ({full} steps)")
+        try:
+            lines.append(summary_table(result))
+        except (IndexError, KeyError, TypeError, ValueError) as exc:
+            raise MetadataError(
+                f"{path}: the cfgsim metadata is damaged ({type(exc).__name__}: {exc})"
+            ) from exc
+    print("\n".join(lines))
     return 0

@@ -309,3 +309,125 @@ def test_split_grid_bad_counts(tmp_path, capsys):
     smooth_image(1, (64, 64)).save(path)
     assert run("split-grid", str(path), "--rows", "0", "--cols", "2") == 2
     assert "--rows" in one_error_line(capsys)
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def _png_with_chunks(path: Path, *chunks: bytes) -> Path:
+    """A small PNG with ``chunks`` (already framed) inserted before IEND."""
+    smooth_image(1, (64, 64)).save(path)
+    data = path.read_bytes()
+    end = data.rindex(b"IEND") - 4
+    path.write_bytes(data[:end] + b"".join(chunks) + data[end:])
+    return path
+
+
+def _document(**spec) -> str:
+    from cfgsim.metadata import to_json
+    from tests.helpers import make_result
+
+    document = json.loads(to_json(make_result(n_items=2, seeds=(1,), size=(64, 64))))
+    document["spec"].update(spec)
+    return json.dumps(document)
+
+
+@pytest.mark.parametrize("spec", [{"steps": "abc"}, {"seeds": {"a": 1}}, {"width": [1]}, {"steps": None}])
+def test_inspect_refuses_a_document_with_bad_spec_values(tmp_path, capsys, spec):
+    path = _grid_with_payload(tmp_path, _document(**spec))
+    assert run("inspect", str(path)) == 2
+    line = one_error_line(capsys)
+    assert "grid.png" in line and "cfgsim metadata" in line
+    assert capsys.readouterr().out == ""
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (b"cfgsim\0", "no compression flag"),  # the old reader raised IndexError here
+        (b"cfgsim\0\x01", "no compression flag"),
+        (b"cfgsim\0\x00\x00en", "no language tag"),
+        (b"cfgsim\0\x00\x00en\0cfg", "no translated keyword"),
+        (b"cfgsim\0\x01\x00\0\0not zlib", "bad compressed data"),
+        (b"cfgsim\0\x02\x00\0\0{}", "unknown compression"),
+        (b"cfgsim\0\x00\x00\0\0\xff\xfe", "not UTF-8"),
+        (b"cfgsim\0\x01\x00\0\0" + zlib.compress(b"{" * 1000)[:-6], "cut short"),
+    ],
+)
+def test_inspect_refuses_a_malformed_itxt_chunk(tmp_path, capsys, body, reason):
+    path = _png_with_chunks(tmp_path / "grid.png", _png_chunk(b"iTXt", body))
+    assert run("inspect", str(path)) == 2
+    line = one_error_line(capsys)
+    assert "grid.png" in line and "'cfgsim' iTXt chunk is malformed" in line and reason in line
+
+
+def test_inspect_refuses_a_damaged_or_truncated_chunk(tmp_path, capsys):
+    chunk = bytearray(_png_chunk(b"tEXt", b"parameters\0Steps: 20"))
+    chunk[-1] ^= 0xFF
+    path = _png_with_chunks(tmp_path / "grid.png", bytes(chunk))
+    assert run("inspect", str(path)) == 2
+    assert "CRC mismatch" in one_error_line(capsys)
+    whole = _png_with_chunks(tmp_path / "cut.png", _png_chunk(b"tEXt", b"parameters\0Steps: 20" + b"x" * 200))
+    data = whole.read_bytes()
+    whole.write_bytes(data[: data.index(b"parameters") + 50])
+    assert run("inspect", str(whole)) == 2
+    assert "cut short" in one_error_line(capsys)
+
+
+def test_foreign_text_chunks_are_neither_read_nor_inflated(tmp_path):
+    """Six zTXt chunks inflating to 30 MB each cost the old reader all of it in memory; only the
+    ``parameters`` and ``cfgsim`` chunks are read now, and a malformed foreign chunk is no error."""
+    import tracemalloc
+
+    bomb = zlib.compress(b"x" * (30 << 20), 9)
+    foreign = [_png_chunk(b"zTXt", f"comment{k}".encode() + b"\0\0" + bomb) for k in range(6)]
+    broken = _png_chunk(b"iTXt", b"Comment\0")
+    params = _png_chunk(b"tEXt", b"parameters\0Steps: 20, Seed: 1")
+    path = _png_with_chunks(tmp_path / "grid.png", *foreign, broken, params)
+    tracemalloc.start()
+    try:
+        infotext, payload = read_metadata(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert infotext == "Steps: 20, Seed: 1" and payload is None
+    assert peak < 4 << 20
+
+
+def test_a_wanted_chunk_over_its_limit_is_refused(tmp_path, capsys, monkeypatch):
+    from cfgsim.metadata import WANTED_CHUNKS
+
+    monkeypatch.setitem(WANTED_CHUNKS, "cfgsim", 1000)
+    body = b"cfgsim\0\0" + zlib.compress(b" " * 5000)
+    path = _png_with_chunks(tmp_path / "grid.png", _png_chunk(b"zTXt", body))
+    assert run("inspect", str(path)) == 2
+    assert "inflates to more than 1000 bytes" in one_error_line(capsys)
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "WEBP"])
+def test_exif_infotext_is_read_without_opening_the_image(tmp_path, monkeypatch, fmt):
+    """Opening the image (and lifting Pillow's process-wide pixel limit to do it) is not needed
+    to read the EXIF UserComment of a JPEG or WebP."""
+    from cfgsim.metadata import exif_with_infotext
+
+    path = tmp_path / f"grid.{fmt.lower()}"
+    smooth_image(1, (64, 64)).save(path, format=fmt, exif=exif_with_infotext("Steps: 20, Seed: 1 \u2014 ok"))
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("Image.open was called")
+
+    monkeypatch.setattr(Image, "open", refuse)
+    assert read_metadata(path) == ("Steps: 20, Seed: 1 \u2014 ok", None)
+
+
+def test_malformed_exif_is_one_line(tmp_path, capsys):
+    path = tmp_path / "grid.jpg"
+    smooth_image(1, (64, 64)).save(path, format="JPEG")
+    data = path.read_bytes()
+    segment = b"Exif\0\0XX\0\x2a\0\0\0\x08"  # no TIFF byte order
+    app1 = b"\xff\xe1" + struct.pack(">H", len(segment) + 2) + segment
+    path.write_bytes(data[:2] + app1 + data[2:])
+    assert run("inspect", str(path)) == 2
+    line = one_error_line(capsys)
+    assert "grid.jpg: the EXIF data is malformed" in line and "not a TIFF file" in line

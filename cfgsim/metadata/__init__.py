@@ -20,11 +20,13 @@ from cfgsim.metadata.png import (
     EXIF_IFD,
     EXIF_USER_COMMENT,
     PNG_SIGNATURE,
+    WANTED_CHUNKS,
     exif_with_infotext,
+    png_texts,
     read_user_comment,
     user_comment,
 )
-from cfgsim.metadata.schema import MetadataError, grid_infotext, parse_json, to_json
+from cfgsim.metadata.schema import MetadataError, grid_infotext, parse_json, result_from_document, to_json
 from cfgsim.metadata.store import (
     PNG_INFOTEXT_KEY,
     PNG_JSON_KEY,
@@ -42,15 +44,18 @@ __all__ = [
     "PNG_JSON_KEY",
     "PNG_SIGNATURE",
     "SIDECAR_SUFFIX",
+    "WANTED_CHUNKS",
     "MetadataError",
     "atomic_save_image",
     "atomic_write_bytes",
     "exif_with_infotext",
     "grid_infotext",
     "parse_json",
+    "png_texts",
     "read_metadata",
     "read_result",
     "read_user_comment",
+    "result_from_document",
     "save_grid",
     "sidecar_path",
     "to_json",

@@ -144,3 +144,17 @@ def parse_json(text: str | bytes, *, source: str = "cfgsim metadata") -> dict[st
         if not isinstance(entry, dict) or "metric" not in entry:
             raise MetadataError(f"{source}: the cfgsim metadata's 'scores.{name}' has no 'metric'")
     return data
+
+
+def result_from_document(payload: dict[str, Any], *, source: str = "cfgsim metadata") -> ProbeResult:
+    """The :class:`ProbeResult` of a document checked by :func:`parse_json`; whatever is wrong
+    inside it (a spec field of the wrong type, a damaged matrix) is a :class:`MetadataError` that
+    names ``source`` and the reason."""
+    try:
+        return ProbeResult.from_dict(payload)
+    except InputError as exc:
+        raise MetadataError(f"{source}: the cfgsim metadata holds an invalid probe spec ({exc})") from exc
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError, OverflowError) as exc:
+        raise MetadataError(
+            f"{source}: the cfgsim metadata is damaged ({type(exc).__name__}: {exc})"
+        ) from exc

@@ -15,12 +15,18 @@ from PIL import Image, PngImagePlugin
 
 from cfgsim.errors import InputError
 from cfgsim.metadata.atomic import _format_for, _reason, atomic_save_image, atomic_write_bytes
-from cfgsim.metadata.png import PNG_SIGNATURE, _exif_infotext, _png_texts, exif_with_infotext
-from cfgsim.metadata.schema import MetadataError, grid_infotext, parse_json, to_json
+from cfgsim.metadata.png import (
+    PNG_INFOTEXT_KEY,
+    PNG_JSON_KEY,
+    PNG_SIGNATURE,
+    WANTED_CHUNKS,
+    _exif_infotext,
+    exif_with_infotext,
+    png_texts,
+)
+from cfgsim.metadata.schema import MetadataError, grid_infotext, parse_json, result_from_document, to_json
 from cfgsim.result import ProbeResult
 
-PNG_INFOTEXT_KEY = "parameters"  # the chunk the WebUI reads
-PNG_JSON_KEY = "cfgsim"
 SIDECAR_SUFFIX = ".cfgsim.json"
 _PILLOW_MAX_INFLATED = 1024 * 1024 - 1024
 
@@ -87,10 +93,7 @@ def read_metadata(path: str | os.PathLike[str]) -> tuple[str | None, dict[str, A
 
     raw: str | None = None
     if is_png:
-        try:
-            texts = _png_texts(path)
-        except OSError as exc:
-            raise InputError(f"{path}: cannot read ({_reason(exc)})") from exc
+        texts = png_texts(path)
         infotext = texts.get(PNG_INFOTEXT_KEY) or None
         raw = texts.get(PNG_JSON_KEY)
     else:
@@ -102,10 +105,14 @@ def read_metadata(path: str | os.PathLike[str]) -> tuple[str | None, dict[str, A
     else:
         sidecar = sidecar_path(path)
         if sidecar.is_file():
+            limit = WANTED_CHUNKS[PNG_JSON_KEY]
             try:
-                data = sidecar.read_bytes()
+                with open(sidecar, "rb") as f:
+                    data = f.read(limit + 1)
             except OSError as exc:
                 raise InputError(f"{sidecar}: cannot read ({_reason(exc)})") from exc
+            if len(data) > limit:
+                raise MetadataError(f"{sidecar}: is larger than cfgsim reads ({limit} bytes)")
             payload = parse_json(data, source=str(sidecar))
     return infotext, payload
 
@@ -118,9 +125,4 @@ def read_result(path: str | os.PathLike[str]) -> ProbeResult:
         raise MetadataError(
             f"{path}: has no cfgsim metadata (no '{PNG_JSON_KEY}' PNG chunk and no {sidecar_path(path).name})"
         )
-    try:
-        return ProbeResult.from_dict(payload)
-    except InputError as exc:
-        raise MetadataError(f"{path}: the cfgsim metadata holds an invalid probe spec ({exc})") from exc
-    except (KeyError, TypeError, ValueError) as exc:
-        raise MetadataError(f"{path}: the cfgsim metadata is damaged ({type(exc).__name__}: {exc})") from exc
+    return result_from_document(payload, source=str(path))
