@@ -11,6 +11,11 @@ the only markup is ours. Cells carry ``data-cfgsim-*`` attributes (value, row, c
 without the script too (plain tables). The markup uses no ids, so several reports can share a
 page.
 
+Colours use one absolute scale per metric, written on each table (``data-cfgsim-low``/``-high``):
+the grid's scale (:func:`cfgsim.grid.score_scale` of the scores it draws) for the scores against
+the reference, the heatmap's for the N×N matrices. Each column stretched from its own minimum to
+maximum would paint 0.166 and 0.186 as opposite ends.
+
 The WebUI shows a script's ``processed.comments`` through its own ``plaintext_to_html`` (escaped:
 the report arrives in the page as text). ``cfgsim.js`` recognises that text by
 :data:`REPORT_MARKER`, parses it inertly and keeps only the tags and attributes this module writes.
@@ -25,6 +30,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
+from cfgsim.grid import score_scale
 from cfgsim.result import FAILED, SKIPPED, MetricScores, ProbeResult, rank_scores
 
 REPORT_CLASS = "cfgsim-report"
@@ -79,14 +85,24 @@ def _header(label: str, col: int, *, title: str = "", full: str = "") -> str:
     return f'<th scope="col" data-cfgsim-col="{col}" title="{esc(hint)}">{esc(label)}</th>'
 
 
-def _table(kind: str, metric: str, caption: str, head: Iterable[str], body: Iterable[str]) -> str:
-    """One table with its copy button; ``kind`` is "reference" or "matrix"."""
+def _table(
+    kind: str,
+    metric: str,
+    caption: str,
+    head: Iterable[str],
+    body: Iterable[str],
+    *,
+    scale: tuple[float, float] = (0.0, 1.0),
+) -> str:
+    """One table with its copy button; ``kind`` is "reference" or "matrix"; ``scale`` the (low,
+    high) ends of its colour scale."""
+    low, high = scale
     return (
         '<div class="cfgsim-table-wrap"><div class="cfgsim-toolbar">'
         '<button type="button" class="cfgsim-copy" title="Copy this table as CSV (comma-separated '
         'values) to the clipboard">Copy as CSV</button></div>'
         f'<table class="cfgsim-table cfgsim-{kind}" data-cfgsim-kind="{kind}" '
-        f'data-cfgsim-metric="{esc(metric)}">'
+        f'data-cfgsim-metric="{esc(metric)}" data-cfgsim-low="{low:.6g}" data-cfgsim-high="{high:.6g}">'
         f"<caption>{esc(caption)}</caption>"
         f"<thead><tr>{''.join(head)}</tr></thead><tbody>{''.join(body)}</tbody></table></div>"
     )
@@ -133,7 +149,24 @@ def reference_table(result: ProbeResult, scores: MetricScores) -> str:
         row_class = ' class="cfgsim-ref-row"' if is_ref else ""
         body.append(f'<tr data-cfgsim-row="{i}"{row_class}>{"".join(cells)}</tr>')
     caption = f"{scores.label}: score against the reference ({result.reference.label or 'reference'})"
-    return _table("reference", scores.metric, caption, head, body)
+    return _table("reference", scores.metric, caption, head, body, scale=reference_scale(scores))
+
+
+def reference_scale(scores: MetricScores) -> tuple[float, float]:
+    """The grid's colour scale: the scores against the reference it draws on its cells."""
+    return (
+        score_scale(np.asarray(scores.vs_reference, dtype=float))
+        if scores.vs_reference is not None
+        else (0.0, 1.0)
+    )
+
+
+def matrix_scale(scores: MetricScores) -> tuple[float, float]:
+    """The heatmap's colour scale (its mean matrix, diagonal included), widened to the per-row
+    matrices so every N×N table of the metric shares it."""
+    parts = [np.asarray(scores.mean, dtype=float).ravel()]
+    parts += [np.asarray(m, dtype=float).ravel() for m in scores.per_row]
+    return score_scale(np.concatenate(parts)) if parts else (0.0, 1.0)
 
 
 def matrix_table(
@@ -160,7 +193,7 @@ def matrix_table(
             classes = ("cfgsim-diag",) if i == j else ()
             cells.append(_cell(value, row=i, col=j, title=title, classes=classes))
         body.append(f'<tr data-cfgsim-row="{i}">{"".join(cells)}</tr>')
-    return _table("matrix", scores.metric, caption, head, body)
+    return _table("matrix", scores.metric, caption, head, body, scale=matrix_scale(scores))
 
 
 def metric_section(result: ProbeResult, scores: MetricScores) -> str:

@@ -102,10 +102,19 @@
         });
     }
 
+    // The table's colour scale: the absolute one cfgsim.report writes on it (the grid's and the
+    // heatmap's scale, so a colour means the same score everywhere); tables without one (older
+    // reports) span 0-1.
+    function scaleOf(table) {
+        var lo = parseFloat(table.getAttribute("data-cfgsim-low"));
+        var hi = parseFloat(table.getAttribute("data-cfgsim-high"));
+        if (isNaN(lo) || isNaN(hi) || !(hi > lo)) return [0, 1];
+        return [lo, hi];
+    }
+
     function colour(table) {
         var cells = table.querySelectorAll("td[data-cfgsim-value]");
-        var scaled = [];
-        var lo = Infinity, hi = -Infinity;
+        var scale = scaleOf(table);
         for (var i = 0; i < cells.length; i++) {
             var cell = cells[i];
             if (cell.classList.contains("cfgsim-noscale")) continue;
@@ -114,26 +123,13 @@
                 cell.classList.add("cfgsim-nan");
                 continue;
             }
-            scaled.push([cell, v]);
-            // The diagonal (self-similarity, 1.0) is coloured but does not stretch the scale.
-            if (!cell.classList.contains("cfgsim-diag")) {
-                lo = Math.min(lo, v);
-                hi = Math.max(hi, v);
-            }
-        }
-        if (lo === Infinity) {
-            lo = 0;
-            hi = 1;
-        }
-        scaled.forEach(function(pair) {
-            var t = hi > lo ? (pair[1] - lo) / (hi - lo) : 1;
-            var rgb = viridis(t);
+            var rgb = viridis((v - scale[0]) / (scale[1] - scale[0]));
             var light = 0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2] > 140;
-            pair[0].style.backgroundColor = "rgb(" + rgb.join(",") + ")";
-            pair[0].style.color = light ? "#000" : "#fff";
-            pair[0].classList.add("cfgsim-scaled");
-        });
-        table.setAttribute("data-cfgsim-scale", lo.toFixed(3) + " – " + hi.toFixed(3));
+            cell.style.backgroundColor = "rgb(" + rgb.join(",") + ")";
+            cell.style.color = light ? "#000" : "#fff";
+            cell.classList.add("cfgsim-scaled");
+        }
+        table.setAttribute("data-cfgsim-scale", scale[0].toFixed(3) + " – " + scale[1].toFixed(3));
     }
 
     function cellIn(row, col) {
@@ -195,7 +191,13 @@
         cell.classList.add("cfgsim-hl-cell");
     }
 
+    // A spreadsheet runs a cell that starts with = + - @ (or a tab or CR before them) as a formula
+    // ("CSV injection"); checkpoint names come from file names anyone can choose. Such text gets a
+    // leading apostrophe, which spreadsheets show as text. Plain numbers (a negative score) stay.
+    var NUMBER = /^[-+]?(\d+\.?\d*|\.\d+)(e[-+]?\d+)?$/i;
+
     function csvField(text) {
+        if (/^[=+\-@\t\r]/.test(text) && !NUMBER.test(text)) text = "'" + text;
         return /[",\n\r]/.test(text) ? '"' + text.replace(/"/g, '""') + '"' : text;
     }
 
@@ -333,6 +335,9 @@
         sortTable: sortTable,
         toCsv: toCsv,
         copyCsv: copyCsv,
+        csvField: csvField,
+        scaleOf: scaleOf,
+        colour: colour,
     };
     window.cfgsim = cfgsim;
 
