@@ -36,11 +36,26 @@ def build_parser() -> argparse.ArgumentParser:
         pass
     else:
         standalone_commands.register(sub)
+    # ``-q`` also after the subcommand (``cfgsim compare -q …``); SUPPRESS keeps a ``-q`` given before it.
+    for subparser in sub.choices.values():
+        subparser.add_argument(
+            "-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="no progress bars"
+        )
     return parser
 
 
+class _Prefixed(logging.Formatter):
+    """``cfgsim: <message>`` for the library's log lines, once (some already carry the prefix)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        return text if text.startswith("cfgsim: ") else f"cfgsim: {text}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(level=logging.WARNING, format="cfgsim: %(message)s")
+    handler = logging.StreamHandler()
+    handler.setFormatter(_Prefixed("%(message)s"))
+    logging.basicConfig(level=logging.WARNING, handlers=[handler])
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from tqdm import tqdm
@@ -13,9 +14,17 @@ from cfgsim.errors import InputError
 from cfgsim.host import Checkpoint
 from cfgsim.imageio import load_image
 from cfgsim.infotext import Infotext
-from cfgsim.inputs import BY_ORDER, collect, has_folder, pair
-from cfgsim.metadata import atomic_save_image, atomic_write_bytes, read_metadata, save_grid, to_json
+from cfgsim.inputs import BY_ORDER, collect, describe_differences, has_folder, pair, settings_differences
+from cfgsim.metadata import (
+    atomic_save_image,
+    atomic_write_bytes,
+    read_metadata,
+    save_grid,
+    sidecar_path,
+    to_json,
+)
 from cfgsim.output import scores_csv, summary_table
+from cfgsim.paths import check_output_paths, make_output_folders
 from cfgsim.probe import check_labels
 from cfgsim.render.verdict import lineage_csv, verdict_table
 from cfgsim.result import Cell, ProbeResult, Reference
@@ -46,7 +55,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--labels", help="comma-separated labels, one per image (default: model from the infotext)"
     )
-    p.add_argument("--out", default="cfgsim-compare.png", help="grid PNG (or .jpg/.webp); heatmaps beside it")
+    p.add_argument(
+        "--out",
+        default="cfgsim-compare.png",
+        help="grid PNG (or .jpg/.webp); the tree and heatmaps beside it (default: %(default)s)",
+    )
+    p.add_argument(
+        "--stretch",
+        action="store_true",
+        help="compare images of different aspect ratios anyway (resized, so distorted); refused without it",
+    )
     p.add_argument("--json", metavar="F", help="also write the result JSON here")
     p.add_argument(
         "--csv",
@@ -62,7 +80,10 @@ def add_comparison_options(p: argparse.ArgumentParser, *, reference_help: str, i
     ref.add_argument("--reference", metavar="IMG", help=reference_help)
     ref.add_argument("--reference-index", type=int, metavar="N", help=index_help)
     p.add_argument(
-        "--metrics", default=",".join(DEFAULT_METRICS), help="comma list: ssim,clip,phash,psnr,rmse"
+        "--metrics",
+        default=",".join(DEFAULT_METRICS),
+        help="comma list of ssim,clip,phash,psnr,rmse (default: %(default)s); the first one drives the "
+        "family tree and the verdicts",
     )
     p.add_argument("--no-overlays", action="store_true", help="grid without scores drawn on the cells")
     p.add_argument("--clip-model", default=None, help="open_clip model name for the clip metric")
@@ -131,18 +152,73 @@ def _label_from_infotext(info: Infotext | None) -> str | None:
     return info.params.get("Model") or info.params.get("Model hash") or None
 
 
+def planned_outputs(args: argparse.Namespace, out: Path, metric_names: list[str]) -> list[Path]:
+    """Every file ``compare`` may write, so that all are checked before the first is written."""
+    paths = [out, out.with_name(f"{out.stem}-tree.png")]
+    if out.suffix.lower() != ".png":
+        paths.append(sidecar_path(out))
+    paths += [out.with_name(f"{out.stem}-heatmap-{name}.png") for name in metric_names]
+    if args.json:
+        paths.append(Path(args.json))
+    if args.csv:
+        csv = Path(args.csv)
+        paths += [csv, csv.with_name(f"{csv.stem}-lineage.csv")]
+    return paths
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     paths = [Path(p) for p in args.images]
-    if has_folder(paths):
-        return _compare_items(args, paths)
+    folders = has_folder(paths)
     if len(paths) < 2:
-        raise InputError(f"compare: a similarity matrix needs at least two images ({len(paths)} given)")
+        what = "items" if folders else "images"
+        raise InputError(f"compare: a similarity matrix needs at least two {what} ({len(paths)} given)")
     metrics = build_metrics(args.metrics, metric_options(args))
     out = Path(args.out)
     if out.suffix.lower() not in (".png", ".jpg", ".jpeg", ".webp"):
         raise InputError(f"{out}: the grid must be .png, .jpg or .webp")
+    options = lineage_options(args)
+    outputs = planned_outputs(args, out, [m.name for m in metrics])
+    notes = check_output_paths(outputs)  # before any work: a bad --csv must not cost a finished grid
     load_metrics(metrics)  # a missing CLIP model fails now, not after loading every image
 
+    result = (_result_from_folders if folders else _result_from_files)(args, paths)
+    _check_sizes(result, stretch=args.stretch)
+    parsed = {(c.item, c.row): Infotext.parse(c.infotext) if c.infotext else None for c in result.cells}
+    labels = result.labels
+    items_infos = [
+        (label, [parsed[(i, r)] for r in range(len(result.rows)) if (i, r) in parsed])
+        for i, label in enumerate(labels)
+    ]
+    row_infos = [
+        [(labels[i], parsed[(i, r)]) for i in range(len(labels)) if (i, r) in parsed]
+        for r in range(len(result.rows))
+    ]
+    diff = settings_differences(items_infos, rows=row_infos)
+    if diff:
+        result.mixed_settings = diff
+        warn(
+            "the inputs were not made under the same settings, so this is not a like-for-like probe "
+            f"(each image's own settings are kept in the metadata): {describe_differences(diff)}"
+        )
+    compare(
+        result,
+        metrics,
+        progress=lambda ms: tqdm(ms, desc="comparing", unit="metric", disable=args.quiet or len(ms) < 2),
+        **options,
+    )
+    _report_sizes(result)
+    make_output_folders(outputs)
+    for note in notes:
+        print(note)
+    return write_compare_outputs(args, result, out)
+
+
+def warn(text: str) -> None:
+    print(f"cfgsim: warning: {text}", file=sys.stderr)
+
+
+def _result_from_files(args: argparse.Namespace, paths: list[Path]) -> ProbeResult:
+    """One item per image, one row."""
     images, infos = [], []
     for path in tqdm(paths, desc="loading", unit="img", disable=args.quiet or len(paths) < 8):
         images.append(load_image(path))
@@ -150,10 +226,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         infos.append(Infotext.parse(text) if text else None)
 
     if args.labels is not None:
-        labels = [part.strip() for part in args.labels.split(",")]
-        if len(labels) != len(paths):
-            raise InputError(f"--labels: {len(labels)} labels for {len(paths)} images")
-        check_labels(labels, "--labels")
+        labels = _labels_option(args.labels, len(paths), "images")
     else:
         labels = [_label_from_infotext(info) or path.stem for info, path in zip(infos, paths, strict=True)]
         # Two images of one model (two seeds, two copies) would share a label: name them by file.
@@ -165,10 +238,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
             labels = [str(path) for path in paths]
 
     reference, ref_text = reference_from_args(args, labels, what="images")
-    spec_source = next((info for info in infos if info and info.params), None)
-    if ref_text:
-        spec_source = Infotext.parse(ref_text)
-
+    if reference.kind == "image":
+        # The reference given as a file that is also one of the inputs: that input is the reference.
+        same = [i for i, path in enumerate(paths) if _same_file(path, Path(reference.file or ""))]
+        if same:
+            print(f"{paths[same[0]]} is the reference image itself: marked as the reference")
+            reference = Reference("item", same[0], labels[same[0]])
+    spec_source = Infotext.parse(ref_text) if ref_text else next((i for i in infos if i and i.params), None)
     spec = ProbeSpec.from_infotext(spec_source) if spec_source else ProbeSpec()
     seeds = {info.params.get("Seed") for info in infos if info}
     one_seed = len(seeds) == 1 and None not in seeds and all(infos)
@@ -194,13 +270,112 @@ def cmd_compare(args: argparse.Namespace) -> int:
     )
     if spec_source is None:
         result.environment["spec"] = "not known: no input image carries WebUI parameters"
-    compare(
-        result,
-        metrics,
-        progress=lambda ms: tqdm(ms, desc="comparing", unit="metric", disable=args.quiet or len(ms) < 2),
-        **lineage_options(args),
+    return result
+
+
+def _result_from_folders(args: argparse.Namespace, paths: list[Path]) -> ProbeResult:
+    """Each argument an item; a folder's images are its seeds, paired across items."""
+    items = collect(paths)
+    if args.labels is not None:
+        for item, label in zip(items, _labels_option(args.labels, len(items), "items"), strict=True):
+            item.label = label
+    else:
+        names = [item.label for item in items]
+        for item in items:
+            if names.count(item.label) > 1:
+                item.label = str(item.source)
+    check_labels([item.label for item in items], "items (folder names)")
+    paired = pair(items)
+    if not args.quiet:
+        for line in paired.describe():
+            print(line)
+    reference, ref_text = reference_from_args(args, [item.label for item in items], what="items")
+
+    cells = []
+    rows: list[list[Infotext | None]] = []
+    total = len(items) * len(paired.rows)
+    bar = tqdm(total=total, desc="loading", unit="img", disable=args.quiet or total < 8)
+    for r in range(len(paired.rows)):
+        rows.append([])
+        for i in range(len(items)):
+            found = paired.file(i, r)
+            assert found is not None  # rows are the keys every item has
+            path, info = found
+            image = load_image(path)
+            cells.append(Cell(item=i, row=r, image=image, infotext=str(info or ""), file=str(path)))
+            rows[-1].append(info)
+            bar.update()
+    bar.close()
+    infos = [info for row in rows for info in row]
+    spec_source = Infotext.parse(ref_text) if ref_text else next((x for x in infos if x and x.params), None)
+    spec = ProbeSpec.from_infotext(spec_source) if spec_source else ProbeSpec()
+    result = ProbeResult(
+        spec=spec,
+        items=[Checkpoint(name=str(item.source), label=item.label, file=str(item.source)) for item in items],
+        rows=list(paired.rows),
+        row_axis="Seed" if paired.method != BY_ORDER else "Image",
+        cells=cells,
+        reference=reference,
+        host="compare",
     )
-    return write_compare_outputs(args, result, out)
+    result.environment["pairing"] = paired.method
+    if paired.left_out:
+        result.environment["left out"] = "; ".join(paired.describe()[1:])
+    if spec_source is None:
+        result.environment["spec"] = "not known: no input image carries WebUI parameters"
+    return result
+
+
+def _labels_option(text: str, count: int, what: str) -> list[str]:
+    labels = [part.strip() for part in text.split(",")]
+    if len(labels) != count:
+        raise InputError(f"--labels: {len(labels)} labels for {count} {what}")
+    check_labels(labels, "--labels")
+    return labels
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.samefile(b)
+    except OSError:
+        return False
+
+
+ASPECT_TOLERANCE = 0.01
+
+
+def _check_sizes(result: ProbeResult, *, stretch: bool) -> None:
+    """Different aspect ratios in one row would be stretched into each other: refuse unless asked."""
+    ref = result.reference.image if result.reference.kind == "image" else None
+    for r in range(len(result.rows)):
+        sized = [
+            (c.file or result.items[c.item].label, c.image.size) for c in result.cells if c.row == r and c.ok
+        ]
+        if ref is not None:
+            sized.append((f"{result.reference.file} (reference)", ref.size))
+        ratios = [w / h for _, (w, h) in sized]
+        if ratios and max(ratios) / min(ratios) > 1 + ASPECT_TOLERANCE:
+            listed = ", ".join(f"{name} {w}x{h}" for name, (w, h) in sized)
+            if not stretch:
+                raise InputError(
+                    f"images differ in aspect ratio ({listed}): comparing them pixel by pixel would "
+                    "stretch some; crop them to one shape, or pass --stretch to resize anyway"
+                )
+            warn(f"images differ in aspect ratio ({listed}): --stretch given, resizing them (distorted)")
+
+
+def _report_sizes(result: ProbeResult) -> None:
+    """Say what the size policy did (it is also stored in the JSON)."""
+    policy = result.size_policy
+    records = policy.get("rows", [policy]) if policy.get("policy") == "per-seed" else [policy]
+    for record in records:
+        if record.get("policy") == "resize-to-smallest" and record.get("resized"):
+            w, h = record["size"]
+            where = f" (seed {record['row']})" if "row" in record else ""
+            print(
+                f"sizes differ{where}: {len(record['resized'])} image(s) resized to {w}x{h} "
+                "(Lanczos) before comparing"
+            )
 
 
 def write_compare_outputs(args: argparse.Namespace, result: ProbeResult, out: Path) -> int:
@@ -234,73 +409,3 @@ def write_compare_outputs(args: argparse.Namespace, result: ProbeResult, out: Pa
     for path in written:
         print(f"wrote {path}")
     return 0
-
-
-def _compare_items(args: argparse.Namespace, paths: list[Path]) -> int:
-    """``compare`` with folders: each argument is an item, a folder's images are its seeds."""
-    if len(paths) < 2:
-        raise InputError(f"compare: a similarity matrix needs at least two items ({len(paths)} given)")
-    metrics = build_metrics(args.metrics, metric_options(args))
-    out = Path(args.out)
-    if out.suffix.lower() not in (".png", ".jpg", ".jpeg", ".webp"):
-        raise InputError(f"{out}: the grid must be .png, .jpg or .webp")
-    options = lineage_options(args)
-    load_metrics(metrics)
-    items = collect(paths)
-    if args.labels is not None:
-        labels = [part.strip() for part in args.labels.split(",")]
-        if len(labels) != len(items):
-            raise InputError(f"--labels: {len(labels)} labels for {len(items)} items")
-        for item, label in zip(items, labels, strict=True):
-            item.label = label
-    else:
-        names = [item.label for item in items]
-        for item in items:
-            if names.count(item.label) > 1:
-                item.label = str(item.source)
-    check_labels([item.label for item in items], "items (folder names)")
-    paired = pair(items)
-    if not args.quiet:
-        for line in paired.describe():
-            print(line)
-    reference, ref_text = reference_from_args(args, [item.label for item in items], what="items")
-
-    cells = []
-    infos = []
-    total = len(items) * len(paired.rows)
-    bar = tqdm(total=total, desc="loading", unit="img", disable=args.quiet or total < 8)
-    for r in range(len(paired.rows)):
-        for i in range(len(items)):
-            found = paired.file(i, r)
-            assert found is not None  # rows are the keys every item has
-            path, info = found
-            cells.append(
-                Cell(item=i, row=r, image=load_image(path), infotext=str(info or ""), file=str(path))
-            )
-            infos.append(info)
-            bar.update()
-    bar.close()
-    spec_source = Infotext.parse(ref_text) if ref_text else next((x for x in infos if x and x.params), None)
-    spec = ProbeSpec.from_infotext(spec_source) if spec_source else ProbeSpec()
-    by_seed = paired.method != BY_ORDER
-    result = ProbeResult(
-        spec=spec,
-        items=[Checkpoint(name=str(item.source), label=item.label, file=str(item.source)) for item in items],
-        rows=list(paired.rows),
-        row_axis="Seed" if by_seed else "Image",
-        cells=cells,
-        reference=reference,
-        host="compare",
-    )
-    result.environment["pairing"] = paired.method
-    if paired.left_out:
-        result.environment["left out"] = "; ".join(paired.describe()[1:])
-    if spec_source is None:
-        result.environment["spec"] = "not known: no input image carries WebUI parameters"
-    compare(
-        result,
-        metrics,
-        progress=lambda ms: tqdm(ms, desc="comparing", unit="metric", disable=args.quiet or len(ms) < 2),
-        **options,
-    )
-    return write_compare_outputs(args, result, out)

@@ -161,3 +161,63 @@ def _seed(info: Infotext | None) -> int | None:
 def _short_list(keys: Sequence[int], limit: int = 8) -> str:
     text = ", ".join(str(k) for k in keys[:limit])
     return text + (f", … ({len(keys)} in all)" if len(keys) > limit else "")
+
+
+#: Infotext keys whose values must agree between the images of one comparison (seeds: within a row).
+LIKE_FOR_LIKE_KEYS = ("Steps", "Sampler", "Schedule type", "CFG scale", "Size", "Clip skip")
+
+
+def settings_differences(
+    items: Sequence[tuple[str, Sequence[Infotext | None]]],
+    *,
+    rows: Sequence[Sequence[tuple[str, Infotext | None]]] = (),
+) -> dict[str, dict[str, list[str]]]:
+    """Settings that differ between the inputs: ``{key: {value: [labels having it]}}``.
+
+    ``items``: each item's label and its images' infotexts. ``rows``: (label, infotext) of the
+    images compared with each other; their ``Seed`` must agree within a row. Images without an
+    infotext are not counted (nothing is known about them).
+    """
+    out: dict[str, dict[str, list[str]]] = {}
+    for key in LIKE_FOR_LIKE_KEYS:
+        values: dict[str, list[str]] = {}
+        for label, infos in items:
+            for info in infos:
+                if info is None:
+                    continue
+                value = _norm(info.params.get(key), key)
+                if label not in values.setdefault(value, []):
+                    values[value].append(label)
+        if len(values) > 1:
+            out[key] = values
+    seeds: dict[str, list[str]] = {}
+    for row in rows:
+        found = {_norm(info.params.get("Seed"), "Seed") for _, info in row if info is not None}
+        if len(found) > 1:
+            for label, info in row:
+                if info is not None:
+                    holders = seeds.setdefault(_norm(info.params.get("Seed"), "Seed"), [])
+                    if label not in holders:
+                        holders.append(label)
+    if seeds:
+        out["Seed"] = seeds
+    return out
+
+
+def describe_differences(diff: dict[str, dict[str, list[str]]]) -> str:
+    """``Steps: 256 (a, b) vs 8 (c); Seed: 1337 (a) vs 42 (b)``."""
+    return "; ".join(
+        f"{key}: " + " vs ".join(f"{value} ({', '.join(labels)})" for value, labels in values.items())
+        for key, values in diff.items()
+    )
+
+
+def _norm(value: object, key: str) -> str:
+    if value is None:
+        return "(not given)" if key != "Clip skip" else "1"  # the WebUI writes no Clip skip when it is 1
+    text = str(value).strip()
+    try:
+        number = float(text)
+    except ValueError:
+        return text
+    return f"{number:g}"

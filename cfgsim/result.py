@@ -210,6 +210,9 @@ class ProbeResult:
     preset: str = ""
     deviations: list[tuple[str, str, str]] = field(default_factory=list)
     lineage: Lineage | None = None
+    # Settings that differ between the compared images (``compare`` of images made under different
+    # settings): {infotext key: {value: [labels]}}. Non-empty → not a like-for-like probe.
+    mixed_settings: dict[str, dict[str, list[str]]] = field(default_factory=dict)
     version: str = __version__
 
     def cell(self, item: int, row: int) -> Cell | None:
@@ -238,7 +241,9 @@ class ProbeResult:
             "cfgsim_version": self.version,
             "host": self.host,
             "spec": spec_to_dict(self.spec),
-            "is_probe": self.spec.is_probe,
+            "is_probe": self.spec.is_probe and not self.mixed_settings,
+            "like_for_like": not self.mixed_settings,
+            "mixed_settings": self.mixed_settings,
             "infotext": str(self.spec.to_infotext()),
             "items": [item.to_dict() for item in self.items],
             "row_axis": self.row_axis,
@@ -294,6 +299,7 @@ class ProbeResult:
             preset=data.get("preset", ""),
             deviations=[tuple(d) for d in data.get("deviations", [])],
             lineage=_lineage_from(data.get("lineage")),
+            mixed_settings={k: dict(v) for k, v in (data.get("mixed_settings") or {}).items()},
             version=data.get("cfgsim_version", ""),
         )
 
