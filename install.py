@@ -11,7 +11,12 @@ finds the extension. The rules, in order:
    torch build), and packages the WebUI pins (Pillow, numpy, scikit-image, open-clip-torch,
    gradio...) are never upgraded: present in any version, they stay as they are (Pillow 10 breaks
    the WebUI's own grid drawing).
-4. Installation goes through the WebUI's ``launch.run_pip`` when importable (it uses the WebUI's
+4. Nothing else already installed changes, dependencies of dependencies included: pip runs with a
+   constraints file that pins every other distribution installed now to its version (``-c``), so a
+   requirement whose newest release wants numpy 2 or Pillow 11 resolves to an older release that
+   fits the WebUI's pins, or fails with pip's message — it never upgrades them. Afterwards the
+   installed versions are compared with those before, and any change is reported.
+5. Installation goes through the WebUI's ``launch.run_pip`` when importable (it uses the WebUI's
    pip, index and proxy settings), else ``python -m pip install``.
 
 Running it twice installs nothing the second time. No ``packaging`` import: it may be missing.
@@ -22,12 +27,14 @@ here covers the other ways this file gets run (the Extensions tab, by hand).
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import os
 import re
 import subprocess
 import sys
-from collections.abc import Callable, Iterable, Sequence
+import tempfile
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PYPROJECT = os.path.join(HERE, "pyproject.toml")
@@ -260,17 +267,54 @@ def plan(
     return to_install, notes
 
 
-def pip_install(requirement: str) -> None:
-    """One requirement, through the WebUI's pip runner when there is one."""
+def installed_distributions() -> dict[str, str]:
+    """{normalised name: version} of every distribution installed in this Python."""
+    out: dict[str, str] = {}
+    for dist in importlib.metadata.distributions():
+        name = dist.metadata["Name"] if dist.metadata else None
+        if name and dist.version:
+            out.setdefault(normalise(name), dist.version)
+    return out
+
+
+def constraints_text(installed: Mapping[str, str]) -> str:
+    """A pip constraints file pinning every installed distribution to its installed version."""
+    return "".join(f"{name}=={version}\n" for name, version in sorted(installed.items()))
+
+
+@contextlib.contextmanager
+def constraints_file(installed: Mapping[str, str]) -> Iterator[str]:
+    """The constraints of :func:`constraints_text` in a temporary file, removed afterwards."""
+    fd, path = tempfile.mkstemp(prefix="cfgsim-constraints-", suffix=".txt")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as file:
+            file.write(constraints_text(installed))
+        yield path
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+
+
+def pip_install(requirement: str, constraints: str) -> None:
+    """One requirement under the constraints file, through the WebUI's pip runner when there is one."""
     try:
         import launch
     except ImportError:
         launch = None
     run_pip = getattr(launch, "run_pip", None)
     if callable(run_pip):
-        run_pip(f'install "{requirement}"', f"cfgsim requirement: {requirement}")
+        run_pip(f'install "{requirement}" -c "{constraints}"', f"cfgsim requirement: {requirement}")
     else:
-        subprocess.run([sys.executable, "-m", "pip", "install", requirement], check=True)
+        subprocess.run([sys.executable, "-m", "pip", "install", requirement, "-c", constraints], check=True)
+
+
+def changed_versions(before: Mapping[str, str], after: Mapping[str, str]) -> list[str]:
+    """``"numpy 1.26.2 -> 2.1.0"`` for every distribution installed before whose version changed."""
+    return [
+        f"{name} {version} -> {after.get(name, 'removed')}"
+        for name, version in sorted(before.items())
+        if after.get(name) != version
+    ]
 
 
 def skip_requested(argv: Sequence[str]) -> bool:
@@ -291,8 +335,16 @@ def main(argv: Sequence[str] | None = None, path: str = PYPROJECT) -> list[str]:
     to_install, notes = plan(read_dependencies(path), installed_version)
     for note in notes:
         print(f"cfgsim: {note}")
+    if not to_install:
+        return []
+    before = installed_distributions()
     for requirement in to_install:
-        pip_install(requirement)
+        # The requirement itself may be upgraded (it is too old or absent); nothing else may move.
+        name = normalise(parse_requirement(requirement)[0])
+        with constraints_file({k: v for k, v in before.items() if k != name}) as constraints:
+            pip_install(requirement, constraints)
+    for change in changed_versions(before, installed_distributions()):
+        print(f"cfgsim: warning: installing {', '.join(to_install)} changed {change}")
     return to_install
 
 

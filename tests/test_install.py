@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import importlib.util
+import json
+import os
+import re
 import subprocess
 import sys
 import types
@@ -15,10 +18,18 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.fixture
 def install(monkeypatch):
-    """install.py loaded as a module, with a fake ``launch`` whose run_pip records its commands."""
+    """install.py loaded as a module, with a fake ``launch`` whose run_pip records its commands
+    (and the constraints file each command names, read while it exists)."""
     launch = types.ModuleType("launch")
     launch.commands = []
-    launch.run_pip = lambda command, desc=None, live=False: launch.commands.append((command, desc))
+    launch.constraints = []
+
+    def run_pip(command, desc=None, live=False):
+        match = re.search(r' -c "([^"]+)"$', command)
+        launch.constraints.append(Path(match.group(1)).read_text() if match else None)
+        launch.commands.append((re.sub(r' -c "[^"]+"$', "", command), desc))
+
+    launch.run_pip = run_pip
     launch.args = types.SimpleNamespace(skip_install=False)
     monkeypatch.setitem(sys.modules, "launch", launch)
     monkeypatch.delenv("COMMANDLINE_ARGS", raising=False)
@@ -79,6 +90,7 @@ def test_installs_only_what_is_missing_and_is_idempotent(install, tmp_path):
     assert install.launch.commands == [
         ('install "cfgsim-missing-package>=1.0"', "cfgsim requirement: cfgsim-missing-package>=1.0")
     ]
+    assert install.launch.constraints[0]  # every installed distribution pinned
     installed["cfgsim-missing-package"] = "1.2"
     assert install.main([], path=path) == []  # the second run installs nothing
     assert len(install.launch.commands) == 1
@@ -134,7 +146,70 @@ def test_without_launch_pip_runs_in_this_python(install, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "launch", None)  # "import launch" raises ImportError
     install.installed_version = lambda name: None
     install.main([], path=pyproject(tmp_path, '"cfgsim-missing-package"'))
-    assert calls == [[sys.executable, "-m", "pip", "install", "cfgsim-missing-package"]]
+    ((command,),) = [calls]
+    assert command[:5] == [sys.executable, "-m", "pip", "install", "cfgsim-missing-package"]
+    assert command[5] == "-c" and not os.path.exists(command[6])  # removed afterwards
+
+
+def test_pip_runs_with_everything_installed_pinned(install, tmp_path, monkeypatch):
+    """pip resolves scikit-image>=0.20 to numpy 2 and Pillow 11+ unless told not to: every other
+    installed distribution is pinned to its version through a constraints file."""
+    path = pyproject(tmp_path, '"scikit-image>=0.20", "tqdm>=99"')
+    installed = {"numpy": "1.26.2", "pillow": "9.5.0", "tqdm": "4.66.1"}
+    monkeypatch.setattr(install, "installed_distributions", lambda: dict(installed))
+    install.installed_version = lambda name: installed.get(install.normalise(name))
+    assert install.main([], path=path) == ["scikit-image>=0.20", "tqdm>=99"]
+    skimage_pins, tqdm_pins = install.launch.constraints
+    assert skimage_pins == "numpy==1.26.2\npillow==9.5.0\ntqdm==4.66.1\n"
+    assert tqdm_pins == "numpy==1.26.2\npillow==9.5.0\n"  # the requirement itself may move
+
+
+def test_a_changed_version_is_reported(install, tmp_path, monkeypatch, capsys):
+    states = iter([{"numpy": "1.26.2"}, {"numpy": "2.1.0", "scikit-image": "0.24.0"}])
+    monkeypatch.setattr(install, "installed_distributions", lambda: next(states))
+    install.installed_version = lambda name: None if name == "scikit-image" else "1.26.2"
+    install.main([], path=pyproject(tmp_path, '"scikit-image>=0.20"'))
+    assert "changed numpy 1.26.2 -> 2.1.0" in capsys.readouterr().out
+
+
+VENV_PINS = ("numpy==1.26.2", "Pillow==9.5.0")
+
+
+@pytest.mark.skipif(
+    os.environ.get("CFGSIM_PYPI_TESTS") != "1",
+    reason="asks PyPI (set CFGSIM_PYPI_TESTS=1): builds a venv with numpy 1.26.2 and Pillow 9.5.0",
+)
+def test_real_pip_plan_keeps_the_webui_pins(tmp_path):
+    """The issue's reproduction: in a venv holding only numpy 1.26.2 and Pillow 9.5.0, pip's own
+    resolver (``--dry-run --report``) under install.py's plan and constraints installs neither."""
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
+    python = str(venv / "bin" / "python")
+    pip = [python, "-m", "pip", "--disable-pip-version-check", "-q"]
+    subprocess.run([*pip, "install", "--only-binary=:all:", *VENV_PINS], check=True, timeout=600)
+    code = (
+        "import json, sys; sys.path.insert(0, sys.argv[1]); import install; "
+        "todo, _ = install.plan(install.read_dependencies()); "
+        "print(json.dumps([todo, install.installed_distributions()]))"
+    )
+    done = subprocess.run([python, "-c", code, str(ROOT)], check=True, capture_output=True, text=True)
+    to_install, installed = json.loads(done.stdout)
+    assert installed["numpy"] == "1.26.2" and installed["pillow"] == "9.5.0"
+    assert to_install and not any(r.lower().startswith(("numpy", "pillow")) for r in to_install)
+    constraints = tmp_path / "constraints.txt"
+    constraints.write_text("".join(f"{k}=={v}\n" for k, v in installed.items()))
+    report = tmp_path / "report.json"
+    dry_run = ["install", "--dry-run", "--only-binary=:all:", "--report", str(report), "-c", str(constraints)]
+    subprocess.run(
+        [*pip, *dry_run, *to_install],
+        check=True,
+        timeout=600,
+    )
+    planned = {
+        item["metadata"]["name"].lower(): item["metadata"]["version"]
+        for item in json.loads(report.read_text())["install"]
+    }
+    assert "numpy" not in planned and "pillow" not in planned, planned
 
 
 @pytest.mark.parametrize(
