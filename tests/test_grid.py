@@ -385,8 +385,43 @@ def test_heatmap_hatches_cells_without_a_value():
     assert np.all(image == (150, 150, 150), axis=2).sum() > 20, "hatching lines"
 
 
+def _column_label_extent(image: np.ndarray, ref_colour) -> int:
+    """Length in pixels of the turned label above the reference's column (found by its outline):
+    the run of rows with dark ink above the matrix's outline, up to the first gap of 8 rows."""
+    ys, xs = np.nonzero(np.all(image == ref_colour, axis=2))
+    top, left, right = ys.min() - 1, xs.min(), xs.max()  # the row above is the matrix's outline
+    dark = (image[:top, left + 1 : right].min(axis=2) < 128).any(axis=1)
+    y, last_ink, gap = top - 1, None, 0
+    while y >= 0 and gap < 8:
+        if dark[y]:
+            last_ink, gap = y, 0
+        else:
+            gap += 1
+        y -= 1
+    first_ink = max(i for i in range(top) if dark[i])
+    return first_ink - last_ink + 1
+
+
+@pytest.mark.parametrize("label", ["base", "a-much-longer-reference-name"])
+def test_heatmap_reference_label_is_not_clipped(label):
+    """The reference's label is bold; its room was measured with the regular font, so the turned
+    column label lost its end ("base (REF")."""
+    result = make_result(n_items=3, seeds=(1,), with_failure=False, size=(64, 64), labels=[label, "b", "c"])
+    image = arr(render_heatmap(result, "ssim"))
+    bold = get_font(14, bold=True)
+    lines = wrap_text(f"{label} (REF)", bold, 280)
+    # The ink of the longest line drawn on its own, in the same bold font.
+    mask = Image.new("L", (400, 40), 0)
+    bold.draw(mask, (0, 0), max(lines, key=bold.length), 255)
+    left, _, right, _ = mask.getbbox()
+    assert _column_label_extent(image, REF_COLOUR) >= right - left - 1
+
+
 def test_heatmap_per_row_and_errors(result):
-    assert render_heatmap(result, "ssim", row=1).size[0] > 0
+    # Row 1 alone: the failed cell of the last item leaves its row and column without values.
+    one_row = arr(render_heatmap(result, "ssim", row=1))
+    both = arr(render_heatmap(result, "ssim"))
+    assert np.all(one_row == NAN_COLOUR, axis=2).sum() > np.all(both == NAN_COLOUR, axis=2).sum()
     with pytest.raises(InputError, match="row 5"):
         render_heatmap(result, "ssim", row=5)
     with pytest.raises(InputError, match="lpips"):

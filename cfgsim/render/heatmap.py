@@ -55,10 +55,15 @@ def render_heatmap(result: ProbeResult, metric: str, *, row: int | None = None) 
 
     ref_index = result.reference.index if result.reference.kind == "item" else None
     labels = [label + (" (REF)" if i == ref_index else "") for i, label in enumerate(result.labels)]
-    label_room = min(280, max(int(max(font.length(t) for t in labels)) + 4, 40))
+    # Each label is measured with the font it is drawn in: the reference's is bold, and wider.
+    fonts = [bold if i == ref_index else font for i in range(n)]
+    label_room = min(280, max(int(max(f.length(t) for f, t in zip(fonts, labels, strict=True))) + 4, 40))
     max_lines = max(1, (cell + spacing) // (font.line_height + spacing))
-    wrapped = [wrap_text(t, font, label_room, max_lines=max_lines) for t in labels]
-    row_w = max(int(max(font.length(line) for line in lines)) for lines in wrapped) + 8
+    wrapped = [wrap_text(t, f, label_room, max_lines=max_lines) for f, t in zip(fonts, labels, strict=True)]
+    row_w = max(
+        math.ceil(max(f.length(line) for line in lines)) for f, lines in zip(fonts, wrapped, strict=True)
+    )
+    row_w += 8
     col_h = row_w  # column labels are the same lines, turned
 
     title = f"{scores.label} similarity"
@@ -107,7 +112,7 @@ def render_heatmap(result: ProbeResult, metric: str, *, row: int | None = None) 
     x0 = pad + row_w
     draw = ImageDraw.Draw(canvas)
     for i in range(n):
-        lf = bold if i == ref_index else font
+        lf = fonts[i]
         # Row label, right-aligned beside its row.
         draw_lines(
             canvas,
