@@ -1,6 +1,7 @@
 """The cfgsim library never imports the WebUI (``modules``), gradio or ``launch``.
 
-Only ``scripts/cfgsim_probe.py`` touches the WebUI. Two checks: importing every cfgsim submodule in
+Only ``scripts/cfgsim_probe.py`` touches the WebUI; the adapter it hands the WebUI's modules to,
+``cfgsim.webui``, is covered like every other package. Two checks: importing every cfgsim submodule in
 a fresh interpreter loads none of them, and no cfgsim source file names them in an import
 statement (that also catches imports inside functions, which the first check cannot see).
 """
@@ -46,6 +47,8 @@ def test_importing_every_cfgsim_module_loads_no_webui_module():
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout.strip().splitlines()[-1])
     assert "cfgsim.controls" in report["imported"] and "cfgsim.report" in report["imported"]
+    webui_modules = {"context", "options", "host", "restore", "run", "settings", "ui"}
+    assert {f"cfgsim.webui.{name}" for name in webui_modules} <= set(report["imported"])
     assert report["loaded"] == []
 
 
@@ -73,6 +76,12 @@ def test_no_cfgsim_source_names_a_webui_module():
         for path in sorted((ROOT / "cfgsim").rglob("*.py"))
     }
     assert {k: v for k, v in offenders.items() if v} == {}
+
+
+def test_the_script_is_a_thin_shell():
+    """scripts/cfgsim_probe.py keeps only what must import the WebUI: the Script and its ui()."""
+    lines = (ROOT / "scripts" / "cfgsim_probe.py").read_text(encoding="utf-8").splitlines()
+    assert len(lines) <= 200
 
 
 def test_scripts_folder_holds_one_script():
