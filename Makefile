@@ -37,26 +37,24 @@ test: setup
 .venv-pins/.cfgsim-installed: pyproject.toml
 	$(PYTHON) -m venv .venv-pins
 	.venv-pins/bin/python -m pip install -q $(TORCH)
-	.venv-pins/bin/python -m pip install -q $(PINS) scipy tqdm pytest hypothesis
+	.venv-pins/bin/python -m pip install -q $(PINS) scipy tqdm imagehash pytest hypothesis
 	.venv-pins/bin/python -m pip install -q --no-deps -e .
 	touch $@
 
 test-pins: .venv-pins/.cfgsim-installed
 	.venv-pins/bin/python -m pip list 2>/dev/null | grep -iE '^(pillow|numpy|scikit-image|open.clip.torch) '
-	.venv-pins/bin/python -m pytest -m 'not browser' --ignore=tests/test_standalone.py \
-		--ignore=tests/test_standalone_demo.py $(PYTEST_ARGS)
+	.venv-pins/bin/python -m pytest -m 'not browser' --ignore=tests/test_standalone_demo.py $(PYTEST_ARGS)
 
 # Python 3.10 (the WebUI's) with the pins; no torch there, so the CLIP tests skip with a reason.
 .venv-py310/.cfgsim-installed: pyproject.toml
 	@test -n "$(PYTHON310)" || { echo "make test-py310: no Python 3.10 interpreter found"; exit 1; }
 	$(PYTHON310) -m venv .venv-py310
-	.venv-py310/bin/python -m pip install -q $(PINS_CORE) scipy tqdm pytest hypothesis
+	.venv-py310/bin/python -m pip install -q $(PINS_CORE) scipy tqdm imagehash pytest hypothesis
 	.venv-py310/bin/python -m pip install -q --no-deps -e .
 	touch $@
 
 test-py310: .venv-py310/.cfgsim-installed
-	.venv-py310/bin/python -m pytest -m 'not browser' --ignore=tests/test_standalone.py \
-		--ignore=tests/test_standalone_demo.py $(PYTEST_ARGS)
+	.venv-py310/bin/python -m pytest -m 'not browser' --ignore=tests/test_standalone_demo.py $(PYTEST_ARGS)
 
 bench: setup
 	$(VENV)/bin/python benchmarks/bench_ssim.py

@@ -19,10 +19,14 @@ from dataclasses import dataclass, field
 
 NEGATIVE_PREFIX = "Negative prompt:"
 
-# One `Key: value` pair of the parameters line. Keys start with a word character and may contain
-# spaces, dashes and slashes ("Clip skip", "Hires upscale", "NGMS/s_min_uncond"); a value is a
-# JSON-style quoted string or runs to the next comma.
-_PAIR = re.compile(r'\s*(\w[\w \-/\.]*):\s*("(?:\\.|[^\\"])*"|[^,]*)(?:,|$)')
+# One `Key: value` pair of the parameters line, as the WebUI's ``parse_generation_parameters``
+# (modules/infotext_utils.py, A1111 1.8-1.10 and Forge) reads it: a key starts with a word
+# character and has at least two characters of words, spaces, dashes and slashes ("Clip skip",
+# "NGMS/s_min_uncond"); a value is a non-empty JSON-style quoted string or runs to the next comma.
+# The WebUI finds the pairs with ``findall``, so stray text between pairs is skipped, not fatal.
+_PAIR = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
+# The WebUI takes the last line as parameters when it holds at least this many pairs.
+_MIN_PAIRS = 3
 
 
 def quote(value: object) -> str:
@@ -30,12 +34,15 @@ def quote(value: object) -> str:
     text = format_value(value)
     # The WebUI quotes on comma, colon and newline; a double quote is quoted too, or a value such
     # as `"0` would start a quoted string on the way back.
-    if any(ch in text for ch in ',:\n"'):
+    # An empty value is written as "" too: the WebUI drops a pair whose value is empty.
+    if not text or any(ch in text for ch in ',:\n"'):
         return json.dumps(text, ensure_ascii=False)
     return text
 
 
 def unquote(text: str) -> str:
+    """A value as the WebUI reads it: a JSON string when quoted (kept as written if it does not
+    decode), stripped of surrounding spaces."""
     text = text.strip()
     if len(text) >= 2 and text[0] == '"' and text[-1] == '"':
         try:
@@ -54,17 +61,14 @@ def format_value(value: object) -> str:
     return str(value)
 
 
-def _parse_pairs(line: str) -> list[tuple[str, str]] | None:
-    """The pairs of a parameters line, or None when the line is not one (then it is prompt text)."""
-    pairs: list[tuple[str, str]] = []
-    pos = 0
-    line = line.strip()
-    while pos < len(line):
-        match = _PAIR.match(line, pos)
-        if match is None or match.end() == pos:
-            return None
-        pairs.append((match.group(1).strip(), unquote(match.group(2))))
-        pos = match.end()
+def _parse_pairs(line: str) -> list[tuple[str, str]]:
+    """The ``Key: value`` pairs of a parameters line, found the way the WebUI finds them: every
+    match of the pair pattern, text between them skipped; a pair with an empty value is dropped
+    (the WebUI's parser fails on it and goes on without it)."""
+    pairs = []
+    for key, value in _PAIR.findall(line):
+        if value:
+            pairs.append((key.strip(), unquote(value)))
     return pairs
 
 
@@ -80,13 +84,11 @@ class Infotext:
     def parse(cls, text: str) -> Infotext:
         lines = text.strip("\n").split("\n") if text.strip() else []
         params: dict[str, str] = {}
-        # The WebUI takes the last line as the parameters line when it has at least three pairs;
-        # fewer and it is still prompt text ("a cat: cute" must not become a parameter).
-        if lines:
-            pairs = _parse_pairs(lines[-1])
-            if pairs is not None and len(pairs) >= 3:
-                params = dict(pairs)
-                lines = lines[:-1]
+        # The WebUI takes the last line as the parameters line when the pattern matches it at least
+        # three times; fewer and it is still prompt text ("a cat: cute" must not become a parameter).
+        if lines and len(_PAIR.findall(lines[-1])) >= _MIN_PAIRS:
+            params = dict(_parse_pairs(lines[-1]))
+            lines = lines[:-1]
         prompt_lines: list[str] = []
         negative_lines: list[str] = []
         in_negative = False

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -427,14 +428,39 @@ def test_phash_length(hash_size: int) -> None:
     assert len(phash_hex(bits)) == hash_size * hash_size // 4
 
 
-def test_phash_pinned_values() -> None:
-    """Hashes computed with this implementation under Pillow 9.5.0/scipy 1.15 and Pillow 13/scipy
-    1.17 (identical); they pin the definition (DCT block without its first row and column, median)."""
+def _index_images() -> tuple[np.ndarray, np.ndarray]:
     y, x = np.mgrid[0:48, 0:64]
     a = np.stack([(3 * x + 5 * y) % 256, (x * y) % 256, (7 * x) % 256], axis=2).astype(np.uint8)
     gradient = np.stack([x * 4, y * 5, (x + y) * 2], axis=2).astype(np.uint8)
-    assert phash_hex(phash(a)) == "077f9d38e059c346"
-    assert phash_hex(phash(gradient)) == "e16de54def0ca10c"
+    return a, gradient
+
+
+@pytest.mark.parametrize(
+    ("hash_size", "expected"),
+    [(8, ("80073f6f1e703c79", "aa11e4566217f65b")), (5, ("1019dab", "116745a"))],
+)
+def test_phash_pinned_values(hash_size: int, expected: tuple[str, str]) -> None:
+    """``str(imagehash.phash(Image.fromarray(img), hash_size))`` from ImageHash 4.3.2, identical
+    under Pillow 9.5.0/numpy 1.26.2/scipy 1.13.1 and Pillow 13.0.0/numpy 2.4/scipy 1.17.1, for
+    images built from index arithmetic."""
+    for image, value in zip(_index_images(), expected, strict=True):
+        assert phash_hex(phash(image, hash_size=hash_size)) == value
+
+
+@pytest.mark.parametrize("hash_size", [2, 6, 8, 12])
+def test_phash_is_imagehash_phash(hash_size: int) -> None:
+    """The same bits and the same hexadecimal text as the ImageHash library, PIL or array input."""
+    imagehash = pytest.importorskip("imagehash")
+    for seed in range(4):
+        arr = smooth_image(seed, 40 + seed * 13, 64)
+        reference = imagehash.phash(Image.fromarray(arr), hash_size=hash_size)
+        bits = phash(arr, hash_size=hash_size)
+        np.testing.assert_array_equal(bits, reference.hash.reshape(-1))
+        np.testing.assert_array_equal(phash(Image.fromarray(arr).convert("RGBA"), hash_size=hash_size), bits)
+        assert phash_hex(bits) == str(reference)
+    a, b = (PhashMetric(hash_size=hash_size).prepare([smooth_image(s)])[0] for s in (1, 2))
+    ha, hb = (imagehash.phash(Image.fromarray(smooth_image(s)), hash_size=hash_size) for s in (1, 2))
+    assert PhashMetric(hash_size=hash_size).score(a, b) == 1.0 - (ha - hb) / hash_size**2
 
 
 def _phash_score(a: np.ndarray, b: np.ndarray) -> float:
@@ -466,8 +492,8 @@ def test_phash_unrelated_images_score_much_lower() -> None:
 
 
 def test_phash_ignores_brightness_and_contrast() -> None:
-    """The DC term is left out and the threshold is the median: affine brightness changes (without
-    clipping) keep the hash."""
+    """The threshold is the median of the block: an affine brightness change (without clipping)
+    scales every AC coefficient alike and keeps the hash."""
     a = (smooth_image(3).astype(np.float64) * 0.6 + 20).astype(np.uint8)
     brighter = (a.astype(np.float64) * 1.3 + 30).astype(np.uint8)
     assert _phash_score(a, brighter) >= 0.95
@@ -549,11 +575,20 @@ def test_pixel_helper_errors() -> None:
 @settings(max_examples=40, deadline=None)
 @given(arrays(np.uint8, st.tuples(st.integers(1, 10), st.integers(1, 10), st.just(3))), st.integers(0, 255))
 def test_pixel_property_ranges(a: np.ndarray, level: int) -> None:
+    """Both similarities from scikit-image's MSE and PSNR of the same pair, written out here."""
     b = np.full_like(a, level)
-    for metric in (PsnrMetric(), RmseMetric()):
-        value = metric.compare([a, b])[0, 1]
-        assert 0.0 <= value <= 1.0
-        assert (value == 1.0) == bool(np.array_equal(a, b)) or metric.name == "psnr"
+    mse = mean_squared_error(a, b)
+    rmse_value = RmseMetric().compare([a, b])[0, 1]
+    assert rmse_value == pytest.approx(1.0 - math.sqrt(mse) / 255.0, abs=1e-12)
+    assert (rmse_value == 1.0) == bool(np.array_equal(a, b))
+    psnr_value = PsnrMetric().compare([a, b])[0, 1]
+    if mse == 0:
+        assert psnr_value == 1.0
+    else:
+        db = peak_signal_noise_ratio(a, b, data_range=255)
+        assert psnr_value == pytest.approx(min(db, 60.0) / 60.0, abs=1e-12)
+        assert (psnr_value == 1.0) == (db >= 60.0)
+    assert 0.0 <= rmse_value <= 1.0 and 0.0 <= psnr_value <= 1.0
 
 
 # --- CLIP ----------------------------------------------------------------------------------------

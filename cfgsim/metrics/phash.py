@@ -1,14 +1,14 @@
 """Perceptual hash (DCT pHash): similarity of the coarse layout, robust to resizing and JPEG.
 
-The hash follows pHash.org's ``ph_dct_imagehash``:
+The hash is ``imagehash.phash`` (the ImageHash library, after Neal Krawetz's "Looks Like It"), used
+as it is so that cfgsim's hashes are the ones other tools compute and publish:
 
-1. greyscale (ITU-R 601-2 luma, Pillow's ``convert("L")``), kept in floating point;
-2. resize to (4·hash_size)² pixels with Lanczos (32×32 for the default 8), which also low-passes;
-3. 2-D DCT-II (orthonormal, ``scipy.fft.dctn``);
-4. keep the hash_size × hash_size lowest frequencies **without the first row and column**: those
-   hold the mean brightness (the DC term) and pure horizontal/vertical gradients; leaving them out
-   makes the hash independent of overall brightness and gives exactly hash_size² bits (64);
-5. each bit: coefficient above the block's median.
+1. greyscale (ITU-R 601-2 luma, Pillow's ``convert("L")``, 8-bit);
+2. resize to (4·hash_size)² pixels with Lanczos (32×32 for the default 8);
+3. 2-D DCT-II (``scipy.fftpack.dct`` along columns, then rows; unnormalised);
+4. keep the hash_size × hash_size lowest frequencies, the DC term included;
+5. each bit: coefficient above the block's median; bits in row order, first bit most significant
+   in the hexadecimal form (``str(imagehash.ImageHash)``).
 
 Similarity = 1 − Hamming distance / bits: 1.0 identical, about 0.5 for unrelated images, 0 for a
 hash and its complement. It ignores fine texture entirely, so it complements SSIM: two probes with
@@ -17,12 +17,12 @@ the same composition but different rendering score high here and lower in SSIM.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 from PIL import Image
-from scipy.fft import dctn
 
 from cfgsim.errors import InputError
 from cfgsim.metrics.base import Metric, check_images
@@ -31,24 +31,25 @@ __all__ = ["PhashMetric", "phash", "phash_hex"]
 
 
 def phash(image: np.ndarray | Image.Image, *, hash_size: int = 8) -> np.ndarray:
-    """The perceptual hash of ``image`` (uint8 (H, W, 3) array or PIL image) as hash_size² booleans."""
+    """The perceptual hash of ``image`` (uint8 (H, W, 3) array or PIL image) as hash_size² booleans,
+    exactly ``imagehash.phash(image, hash_size).hash`` flattened in row order."""
+    import imagehash  # imports scipy.fftpack and PyWavelets: only when a hash is wanted
+
     if not isinstance(hash_size, (int, np.integer)) or hash_size < 2:
         raise ValueError(f"hash_size must be an integer >= 2, not {hash_size!r}")
     if isinstance(image, np.ndarray):
         image = Image.fromarray(check_images([image], metric="phash", same_size=False)[0])
-    side = 4 * hash_size
-    grey = np.asarray(image.convert("L"), dtype=np.float32)
-    small = Image.fromarray(grey, mode="F").resize((side, side), Image.Resampling.LANCZOS)
-    coeffs = dctn(np.asarray(small, dtype=np.float64), type=2, norm="ortho")
-    low = coeffs[1 : hash_size + 1, 1 : hash_size + 1].reshape(-1)
-    return low > np.median(low)
+    return np.asarray(imagehash.phash(image, hash_size=int(hash_size)).hash, dtype=bool).reshape(-1)
 
 
 def phash_hex(bits: np.ndarray) -> str:
-    """A hash from :func:`phash` as hexadecimal text (16 digits for 64 bits), first bit most significant."""
+    """A hash from :func:`phash` as hexadecimal text, as ``str(imagehash.ImageHash)`` writes it: the
+    bits in row order as one binary number, first bit most significant (16 digits for 64 bits)."""
     bits = np.asarray(bits, dtype=bool).reshape(-1)
-    padded = np.concatenate([np.zeros((-bits.size) % 8, dtype=bool), bits])
-    return np.packbits(padded).tobytes().hex()
+    if bits.size == 0:
+        return ""
+    value = int("".join("1" if b else "0" for b in bits), 2)
+    return f"{value:0{math.ceil(bits.size / 4)}x}"
 
 
 class PhashMetric(Metric):
