@@ -59,6 +59,7 @@ def fake_open_clip(monkeypatch):
 
     module.create_model_and_transforms = create_model_and_transforms
     module.list_models = lambda: ["tiny"]
+    module.list_pretrained_tags_by_model = lambda name: ["laion-test", "openai"] if name == "tiny" else []
     monkeypatch.setitem(sys.modules, "open_clip", module)
     yield module
     clip_module.release_cached_models()
@@ -118,6 +119,17 @@ def test_unknown_model_fails_before_any_image(fake_open_clip, webui, p):
     assert web.received == []
 
 
+def test_unknown_pretrained_tag_fails_before_any_image(fake_open_clip, webui, p):
+    web = webui()
+    web.opts.data["cfgsim_clip_model"] = "tiny"
+    web.opts.data["cfgsim_clip_pretrained"] = "laion5b"
+    with pytest.raises(
+        ModelLoadError, match=r"no pretrained weights 'laion5b' for model 'tiny' \(known: laion-test"
+    ):
+        run(web, p, ["base", "other"], metrics=["ssim", "clip"])
+    assert web.received == [] and fake_open_clip.created == []
+
+
 def test_webui_loads_clip_after_generation_and_keeps_it_between_runs(fake_open_clip, webui, p):
     web = webui()
     web.opts.data["cfgsim_clip_model"] = "tiny"
@@ -135,6 +147,7 @@ def test_webui_loads_clip_after_generation_and_keeps_it_between_runs(fake_open_c
 def test_webui_frees_clip_after_the_run_when_set_so(fake_open_clip, webui, p):
     web = webui()
     web.opts.data["cfgsim_clip_model"] = "tiny"
+    web.opts.data["cfgsim_clip_pretrained"] = "openai"
     web.opts.data["cfgsim_clip_keep_loaded"] = False
     run(web, p, ["base", "other"], metrics=["clip"])
     assert fake_open_clip.created and clip_module.cached_model_count() == 0

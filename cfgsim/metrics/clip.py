@@ -203,6 +203,18 @@ class ClipMetric(Metric):
         list_models = getattr(open_clip, "list_models", None)
         if callable(list_models) and self.model_name not in list_models():
             raise ModelLoadError(f"clip: open_clip has no model {self.model_name!r}; {_HOW_TO_PROVIDE}")
+        list_tags = getattr(open_clip, "list_pretrained_tags_by_model", None)
+        if not _looks_like_path(pretrained) and callable(list_tags):
+            tags = list(list_tags(self.model_name))
+
+            def clean(tag: str) -> str:  # how open_clip compares tags
+                return tag.lower().replace("-", "_")
+
+            if tags and clean(pretrained) not in {clean(t) for t in tags}:
+                raise ModelLoadError(
+                    f"clip: open_clip has no pretrained weights {pretrained!r} for model "
+                    f"{self.model_name!r} (known: {', '.join(tags)}); {_HOW_TO_PROVIDE}"
+                )
         return open_clip, torch
 
     def _load_now(self, open_clip: Any, torch: Any) -> None:
