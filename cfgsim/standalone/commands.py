@@ -42,7 +42,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--config-dir",
         metavar="DIR",
-        help="diffusers-layout folder: unet/ vae/ text_encoder/ tokenizer/ configs (default: the HF cache)",
+        help="diffusers-layout folder: unet/ vae/ text_encoder/ tokenizer/ configs (default: a complete "
+        "config/ folder beside the checkpoints or one up, as `cfgsim demo` writes; else the HF cache)",
     )
     p.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda when available")
     p.add_argument(
@@ -64,16 +65,33 @@ def register(sub: argparse._SubParsersAction) -> None:
         "demo",
         help="build a tiny model family of known lineage (no download) and probe it",
         description=(
-            "Build five tiny SD 1.x-architecture checkpoints of known lineage (base, fine-tune, merge, two "
-            "unrelated) in seconds, probe them with the standalone runner and show the scores."
+            "Build tiny SD 1.x-architecture checkpoints of known lineage in seconds, probe them with the "
+            "standalone runner and show the scores. --family small (default): base, fine-tune, merge, two "
+            "unrelated. --family full: 13 checkpoints with a known tree (fine-tune chain, merges at 0.25/0.5/"
+            "0.75, a merge of two fine-tunes, fp16 and EMA-pruned copies, unrelated roots)."
         ),
     )
     d.add_argument(
         "--out", default="cfgsim-demo", metavar="DIR", help="output folder (default: ./cfgsim-demo)"
     )
+    d.add_argument(
+        "--family", default="small", choices=["small", "full"], help="which family (default: small, 5 models)"
+    )
+    d.add_argument(
+        "--weight-seed",
+        type=int,
+        default=0,
+        metavar="K",
+        help="draw an independent family of the same recipe (default 0: the documented one)",
+    )
     d.add_argument("--steps", type=int, default=None, help="sampling steps (default: the probe's 256)")
-    d.add_argument("--seeds", default=None, help="seeds (default: the probe's 1337)")
+    d.add_argument("--seeds", default=None, help="seeds, e.g. 1337 or '1-8' (default: the probe's 1337)")
     d.add_argument("--size", type=int, default=None, help="image width and height (default: 512)")
+    d.add_argument(
+        "--reduced",
+        action="store_true",
+        help="small and quick: 128x128, 16 steps unless --size/--steps say otherwise (not the probe)",
+    )
     d.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="default: cpu")
     d.add_argument(
         "--rng", choices=["cpu", "nv", "gpu"], default="cpu", help="initial-noise source (default: cpu)"
@@ -134,6 +152,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
     from cfgsim.output import summary_table, write_outputs
     from cfgsim.probe import run_probe
     from cfgsim.standalone.checkpoint import check_checkpoint_path
+    from cfgsim.standalone.configs import find_config_beside
     from cfgsim.standalone.host import StandaloneHost
     from cfgsim.standalone.pipeline import check_spec
 
@@ -152,7 +171,12 @@ def cmd_probe(args: argparse.Namespace) -> int:
             "--rng nv reproduces an NVIDIA card's"
         )
 
-    host = StandaloneHost(paths, config_dir=args.config_dir, device=args.device, rng=rng, quiet=quiet)
+    config_dir = args.config_dir
+    if config_dir is None:
+        config_dir = find_config_beside(paths)
+        if config_dir is not None:
+            print(f"note: model configuration from {config_dir} (found beside the checkpoints)")
+    host = StandaloneHost(paths, config_dir=config_dir, device=args.device, rng=rng, quiet=quiet)
     started = time.perf_counter()
     result = run_probe(
         host,
@@ -175,24 +199,27 @@ def cmd_demo(args: argparse.Namespace) -> int:
     _offline()
     from cfgsim.output import summary_table
     from cfgsim.spec import parse_seeds
-    from cfgsim.standalone.demo import run_demo
+    from cfgsim.standalone.demo import get_family, run_demo
 
+    family = get_family(args.family)
     started = time.perf_counter()
     seeds = parse_seeds(args.seeds) if args.seeds is not None else None
     result, written = run_demo(
         args.out,
+        family=family,
+        weight_seed=args.weight_seed,
         steps=args.steps,
         seeds=seeds,
         size=args.size,
+        reduced=args.reduced,
         device=args.device,
         rng=args.rng,
         quiet=bool(getattr(args, "quiet", False)),
     )
     print(summary_table(result))
-    print(
-        "lineage: finetune = base + weight noise, merge = 50/50 of base and unrelated; "
-        "higher = closer to base"
-    )
+    print(f"lineage ({family.name} family; higher = closer to {family.reference}):")
+    for member in family.members:
+        print(f"  {member.name:<22} {member.recipe}")
     print(
         f"demo finished in {time.perf_counter() - started:.1f} s; checkpoints in {Path(args.out) / 'models'}"
     )

@@ -10,7 +10,9 @@ noise schedule come from a diffusers-layout folder::
     tokenizer/vocab.json + merges.txt   (or tokenizer.json)
     scheduler/scheduler_config.json     (optional: SD 1.x's schedule when absent)
 
-given with ``--config-dir``, or found in the Hugging Face cache (a previously downloaded
+given with ``--config-dir``, else found beside the checkpoints (a complete ``config/`` folder in their
+folder or one up: the layout ``cfgsim demo`` writes, ``models/`` and ``config/`` side by side), else
+in the Hugging Face cache (a previously downloaded
 ``stable-diffusion-v1-5`` is enough; its weights are not needed). Nothing is downloaded: a missing
 folder is an :class:`~cfgsim.errors.InputError` that says what to provide.
 """
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -149,6 +152,24 @@ def find_cached_config(cache_dir: str | os.PathLike[str] | None = None) -> Path 
         if folder and not missing_files(Path(folder)):
             return Path(folder)
     return None
+
+
+def find_config_beside(checkpoints: Iterable[str | os.PathLike[str]]) -> Path | None:
+    """The configuration folder that travels with ``checkpoints``, or None.
+
+    For each checkpoint, ``config/`` in its folder or in the folder above (``cfgsim demo`` writes
+    ``models/`` and ``config/`` side by side); only a complete folder (see :func:`missing_files`)
+    counts. Every checkpoint must lead to the same folder: one configuration serves a whole run.
+    """
+    found: set[Path] = set()
+    for checkpoint in checkpoints:
+        folder = Path(checkpoint).resolve().parent
+        candidates = [c for c in (folder / "config", folder.parent / "config") if c.is_dir()]
+        complete = next((c for c in candidates if not missing_files(c)), None)
+        if complete is None:
+            return None
+        found.add(complete)
+    return found.pop() if len(found) == 1 else None
 
 
 def resolve_config(

@@ -34,7 +34,7 @@ import json
 import os
 import shutil
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -47,8 +47,8 @@ if TYPE_CHECKING:
     import torch
 
     from cfgsim.result import ProbeResult
+    from cfgsim.spec import ProbeSpec
 
-DEMO_MODELS = ("base", "finetune", "merge", "unrelated", "unrelated-2")
 DEFAULT_OUT = "cfgsim-demo"
 
 # The tiny architecture. Channel counts are multiples of 32 because ldm's GroupNorm uses 32 groups
@@ -112,29 +112,225 @@ SCHEDULER_CONFIG: dict[str, Any] = {
     "timestep_spacing": "linspace",
 }
 
-# Seeds of the independent weight sets and the lineage operations (see module doc).
+# Weight seeds of the small (default) family, kept from its first version so its files and scores
+# stay the same: the roots, the shared VAE and the fine-tune's noise (UNet: seed, text encoder: seed + 1).
 SEEDS = {"base": 1, "unrelated": 2, "unrelated-2": 3, "vae": 100, "finetune-noise": 11}
-FINETUNE_NOISE = 0.05  # weight noise of the fine-tune, relative to each tensor's own std
+FINETUNE_NOISE = 0.05  # weight noise of the small family's fine-tune, relative to each tensor's own std
 UNET_OUTPUT_GAIN = 4.0  # scale of the random UNet's ε prediction (see module doc)
 # Residual branches (resnets' second conv, transformers' output projection) scaled down, like a
 # network initialised near identity: with fewer stacked non-linearities a 50/50 merge stays
 # recognisably half of each parent instead of becoming a third, unrelated function.
 UNET_RESIDUAL_GAIN = 0.3
 VAE_OUTPUT_GAIN = 0.5  # keeps the decoded colours mostly inside [0, 255] instead of clipped
+# ``weight_seed=k`` draws an independent family of the same recipe: every seed above (and each
+# member's own) is shifted by k x this stride (k = 0: the seeds as listed).
+WEIGHT_SEED_STRIDE = 10007
+# EMA weights written into checkpoints saved ``ema=True`` (ldm's ``model_ema.*``): the UNet's own
+# weights plus this much noise, so that a loader that wrongly took them would draw another picture.
+EMA_NOISE = 0.02
+# Reduced probe for tests and calibration runs: same family, smaller and fewer-step pictures.
+REDUCED_SIZE = 128
+REDUCED_STEPS = 16
+
+
+@dataclass(frozen=True)
+class Member:
+    """How one demo checkpoint is made (its recipe).
+
+    ``kind``: ``root`` (independent random weights from ``seed``), ``finetune`` (``parents[0]`` plus
+    Gaussian weight noise of ``strength`` x each tensor's std, drawn from ``seed``), ``merge`` (the
+    WebUI merger's weighted sum of ``parents`` with ``weights``, summing to 1) or ``copy``
+    (``parents[0]``'s weights unchanged: a re-save). ``dtype`` is the stored precision, ``ema``
+    whether the file also carries ldm's EMA copy of the UNet (``model_ema.*``, ignored by loaders).
+    """
+
+    name: str
+    kind: str
+    parents: tuple[str, ...] = ()
+    weights: tuple[float, ...] = ()
+    strength: float = 0.0
+    seed: int = 0
+    dtype: str = "float16"
+    ema: bool = False
+
+    @property
+    def recipe(self) -> str:
+        """One line: what this checkpoint is, e.g. ``merge: 0.75 base + 0.25 unrel``."""
+        store = f"{'fp16' if self.dtype == 'float16' else 'fp32'}{', with EMA' if self.ema else ''}"
+        if self.kind == "root":
+            return f"root: independent random weights (seed {self.seed}); {store}"
+        if self.kind == "finetune":
+            return f"fine-tune of {self.parents[0]}: + weight noise {self.strength:g} x std; {store}"
+        if self.kind == "merge":
+            terms = " + ".join(f"{w:g} {p}" for p, w in zip(self.parents, self.weights, strict=True))
+            return f"merge (weighted sum): {terms}; {store}"
+        return f"copy of {self.parents[0]}: same weights, stored {store}"
+
+
+@dataclass(frozen=True)
+class FamilyTruth:
+    """What the probe should recover from a family, by construction.
+
+    * ``same_model``: groups of checkpoints with the same weights (files differ only by precision or
+      EMA keys): their pictures agree to rounding.
+    * ``clades``: groups that are unambiguous in the tree — every member nearer to every other
+      member than to anything outside (in weight space, by a clear margin).
+    * ``nearest``: for each item whose nearest relative is unambiguous, the acceptable answers
+      (several when they are the same model, e.g. base and its copies).
+    * ``merge_parents``: each merge of two parents -> (the parent with the larger weight, the other);
+      a 50/50 merge is not listed here (see ``equally_related``).
+    * ``equally_related``: triples (A, B, C) where B and C are equally related to A by construction
+      (exchangeable: swapping B and C gives the same recipe) — the null case for a paired test.
+      On one random draw of weights the two similarities still differ a little.
+    * ``unrelated``: items related to nothing else in the family (independent roots).
+    """
+
+    same_model: tuple[frozenset[str], ...] = ()
+    clades: tuple[frozenset[str], ...] = ()
+    nearest: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    merge_parents: Mapping[str, tuple[str, str]] = field(default_factory=dict)
+    equally_related: tuple[tuple[str, str, str], ...] = ()
+    unrelated: frozenset[str] = frozenset()
+
+    def nearest_is_ambiguous(self, item: str) -> bool:
+        """True when the truth names no single nearest relative (or set of same-model ones) for ``item``."""
+        return item not in self.nearest
+
+
+@dataclass(frozen=True)
+class FamilySpec:
+    """A demo family: its members in order (parents before children), the reference item, the truth."""
+
+    name: str
+    description: str
+    members: tuple[Member, ...]
+    truth: FamilyTruth
+    reference: str = "base"
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(m.name for m in self.members)
+
+    def member(self, name: str) -> Member:
+        for m in self.members:
+            if m.name == name:
+                return m
+        raise KeyError(name)
+
+
+_SMALL = FamilySpec(
+    name="small",
+    description="base, a fine-tune, a 50/50 merge of base with an unrelated model, two unrelated models",
+    members=(
+        Member("base", "root", seed=SEEDS["base"]),
+        Member("finetune", "finetune", ("base",), strength=FINETUNE_NOISE, seed=SEEDS["finetune-noise"]),
+        Member("merge", "merge", ("base", "unrelated"), (0.5, 0.5)),
+        Member("unrelated", "root", seed=SEEDS["unrelated"]),
+        Member("unrelated-2", "root", seed=SEEDS["unrelated-2"]),
+    ),
+    truth=FamilyTruth(
+        clades=(frozenset({"base", "finetune"}),),
+        nearest={"base": frozenset({"finetune"}), "finetune": frozenset({"base"})},
+        equally_related=(("merge", "base", "unrelated"),),
+        unrelated=frozenset({"unrelated-2"}),
+    ),
+)
+
+# The full family's noise levels (relative to each tensor's std). ft2 is a lighter fine-tune of ft1
+# than ft1 is of base, so ft1 and ft2 are each other's nearest relatives; every fine-tune distance
+# stays well below the 0.25 merge's (0.25 x sqrt 2 = 0.35 of a std from base).
+FULL_FT1_NOISE = 0.10
+FULL_FT2_NOISE = 0.05
+_BASE = frozenset({"base", "base-fp16", "base-pruned"})
+_FULL = FamilySpec(
+    name="full",
+    description=(
+        "base (+ fp16 and EMA-pruned copies), a fine-tune chain base > ft1 > ft2, a second fine-tune ft1b "
+        "and the 50/50 merge of ft1 and ft1b, merges of base with an unrelated root at 0.75/0.5/0.25, "
+        "that root with a fine-tune of its own, and a second unrelated root"
+    ),
+    members=(
+        Member("base", "root", seed=SEEDS["base"], dtype="float32", ema=True),
+        Member("base-fp16", "copy", ("base",), dtype="float16", ema=True),
+        Member("base-pruned", "copy", ("base",), dtype="float32"),
+        Member("ft1", "finetune", ("base",), strength=FULL_FT1_NOISE, seed=21, dtype="float32"),
+        Member("ft2", "finetune", ("ft1",), strength=FULL_FT2_NOISE, seed=23, dtype="float32"),
+        Member("ft1b", "finetune", ("base",), strength=FULL_FT1_NOISE, seed=25, dtype="float32"),
+        Member("merge-ft1-ft1b", "merge", ("ft1", "ft1b"), (0.5, 0.5), dtype="float32"),
+        Member("merge-base75-unrel25", "merge", ("base", "unrel"), (0.75, 0.25), dtype="float32"),
+        Member("merge-base50-unrel50", "merge", ("base", "unrel"), (0.5, 0.5), dtype="float32"),
+        Member("merge-base25-unrel75", "merge", ("base", "unrel"), (0.25, 0.75), dtype="float32"),
+        Member("unrel", "root", seed=SEEDS["unrelated"], dtype="float32"),
+        Member("unrel-ft", "finetune", ("unrel",), strength=FULL_FT1_NOISE, seed=27, dtype="float32"),
+        Member("unrel2", "root", seed=SEEDS["unrelated-2"], dtype="float32"),
+    ),
+    truth=FamilyTruth(
+        same_model=(_BASE,),
+        clades=(
+            _BASE,
+            frozenset({"ft1", "ft2"}),
+            _BASE | {"ft1", "ft2", "ft1b", "merge-ft1-ft1b"},
+            frozenset({"unrel", "unrel-ft"}),
+        ),
+        nearest={
+            "base": _BASE,
+            "base-fp16": _BASE,
+            "base-pruned": _BASE,
+            "ft1": frozenset({"ft2"}),
+            "ft2": frozenset({"ft1"}),
+            "unrel": frozenset({"unrel-ft"}),
+            "unrel-ft": frozenset({"unrel"}),
+        },
+        merge_parents={
+            "merge-base75-unrel25": ("base", "unrel"),
+            "merge-base25-unrel75": ("unrel", "base"),
+        },
+        equally_related=(
+            ("merge-ft1-ft1b", "ft1", "ft1b"),
+            ("merge-base50-unrel50", "base", "unrel"),
+        ),
+        unrelated=frozenset({"unrel2"}),
+    ),
+)
+
+# Each family by name: members with their recipes, the reference item and the expected tree.
+DEMO_FAMILIES: dict[str, FamilySpec] = {"small": _SMALL, "full": _FULL}
+DEFAULT_FAMILY = "small"
+DEMO_MODELS = _SMALL.names  # the default family's members, in order
 
 
 @dataclass
 class DemoFamily:
-    """Where :func:`build_family` wrote the models: checkpoint files in :data:`DEMO_MODELS` order."""
+    """Where :func:`build_family` wrote the models: checkpoint files in the family's member order."""
 
     root: Path
     checkpoints: list[Path]
     config_dir: Path
+    spec: FamilySpec = _SMALL
+    weight_seed: int = 0
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return self.spec.names
+
+    @property
+    def truth(self) -> FamilyTruth:
+        return self.spec.truth
+
+
+def get_family(family: str | FamilySpec) -> FamilySpec:
+    """A :class:`FamilySpec` by name (see :data:`DEMO_FAMILIES`); an InputError names the known ones."""
+    if isinstance(family, FamilySpec):
+        return family
+    try:
+        return DEMO_FAMILIES[family]
+    except KeyError:
+        from cfgsim.errors import InputError
+
+        raise InputError(f"demo family {family!r}: unknown (known: {', '.join(DEMO_FAMILIES)})") from None
 
 
 # -- weights -------------------------------------------------------------------------------------
-
-
 def _random_unet(seed: int) -> dict[str, torch.Tensor]:
     import torch
     from diffusers import UNet2DConditionModel
@@ -227,18 +423,74 @@ def merge(
     return {k: (1 - alpha) * a[k] + alpha * b[k] if a[k].is_floating_point() else a[k].clone() for k in a}
 
 
-def family_weights() -> dict[str, dict[str, dict[str, torch.Tensor]]]:
-    """{model: {"unet"/"clip"/"vae": diffusers-layout state}} of the whole family (deterministic)."""
-    vae = _random_vae(SEEDS["vae"])
-    base = {"unet": _random_unet(SEEDS["base"]), "clip": _random_clip(SEEDS["base"])}
-    other = {"unet": _random_unet(SEEDS["unrelated"]), "clip": _random_clip(SEEDS["unrelated"])}
-    other2 = {"unet": _random_unet(SEEDS["unrelated-2"]), "clip": _random_clip(SEEDS["unrelated-2"])}
-    tuned = {
-        part: finetune(base[part], FINETUNE_NOISE, SEEDS["finetune-noise"] + i) for i, part in enumerate(base)
-    }
-    merged = {part: merge(base[part], other[part]) for part in base}
-    models = {"base": base, "finetune": tuned, "merge": merged, "unrelated": other, "unrelated-2": other2}
+def family_weights(
+    family: str | FamilySpec = DEFAULT_FAMILY, *, weight_seed: int = 0
+) -> dict[str, dict[str, dict[str, torch.Tensor]]]:
+    """{member: {"unet"/"clip"/"vae": diffusers-layout state}} of a whole family (deterministic).
+
+    ``weight_seed`` 0 gives the family as documented; any other value an independent draw of the
+    same recipe (every seed shifted by ``weight_seed`` x :data:`WEIGHT_SEED_STRIDE`). All members
+    share one VAE, as most SD 1.x models share the original one.
+    """
+    spec = get_family(family)
+    shift = weight_seed * WEIGHT_SEED_STRIDE
+    vae = _random_vae(SEEDS["vae"] + shift)
+    models: dict[str, dict[str, torch.Tensor]] = {}
+    for m in _parents_first(spec.members):
+        if m.kind == "root":
+            models[m.name] = {"unet": _random_unet(m.seed + shift), "clip": _random_clip(m.seed + shift)}
+        elif m.kind == "finetune":
+            parent = models[m.parents[0]]
+            models[m.name] = {
+                part: finetune(parent[part], m.strength, m.seed + shift + i) for i, part in enumerate(parent)
+            }
+        elif m.kind == "merge":
+            if len(m.parents) != 2 or abs(sum(m.weights) - 1.0) > 1e-9:
+                raise ValueError(f"{m.name}: a merge takes two parents with weights summing to 1")
+            a, b = (models[p] for p in m.parents)
+            models[m.name] = {part: merge(a[part], b[part], m.weights[1]) for part in a}
+        elif m.kind == "copy":
+            models[m.name] = models[m.parents[0]]
+        else:
+            raise ValueError(f"{m.name}: unknown recipe kind {m.kind!r}")
     return {name: {**parts, "vae": vae} for name, parts in models.items()}
+
+
+def _parents_first(members: Sequence[Member]) -> list[Member]:
+    """``members`` reordered so that every parent comes before its children (display order kept
+    otherwise); a ValueError for an unknown parent or a cycle."""
+    names = {m.name for m in members}
+    done: set[str] = set()
+    pending, order = list(members), []
+    while pending:
+        ready = [m for m in pending if all(p in done for p in m.parents)]
+        if not ready:
+            missing = sorted({p for m in pending for p in m.parents} - names)
+            raise ValueError(f"demo family: unknown parents {missing}" if missing else "demo family: a cycle")
+        for m in ready:
+            order.append(m)
+            done.add(m.name)
+        pending = [m for m in pending if m.name not in done]
+    return order
+
+
+def ema_state_dict(unet_ldm: Mapping[str, torch.Tensor], seed: int) -> dict[str, torch.Tensor]:
+    """ldm's EMA copy of a UNet as training checkpoints carry it (``LitEma``): ``model_ema.<name
+    without dots>`` per UNet parameter, plus ``model_ema.decay`` and ``model_ema.num_updates``.
+
+    The values are the UNet's own plus :data:`EMA_NOISE` (see there); WebUI-style loaders read
+    ``model.diffusion_model.*`` and ignore these keys, so pruning them changes the file, not the picture.
+    """
+    import torch
+
+    noisy = finetune(unet_ldm, EMA_NOISE, seed)
+    state = {
+        "model_ema." + key[len("model.") :].replace(".", ""): value.contiguous()
+        for key, value in noisy.items()
+    }
+    state["model_ema.decay"] = torch.tensor(0.9999, dtype=torch.float32)
+    state["model_ema.num_updates"] = torch.tensor(10000, dtype=torch.int32)
+    return state
 
 
 # -- writing -------------------------------------------------------------------------------------
@@ -376,59 +628,96 @@ def _write_json(path: Path, data: object) -> None:
     path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
 
 
-def build_family(root: str | os.PathLike[str], *, dtype: str = "float16") -> DemoFamily:
-    """Write the demo family under ``root``: ``models/<name>.safetensors`` + ``.yaml``, ``config/``.
+def build_family(
+    root: str | os.PathLike[str],
+    *,
+    family: str | FamilySpec = DEFAULT_FAMILY,
+    weight_seed: int = 0,
+    dtype: str | None = None,
+) -> DemoFamily:
+    """Write a demo family under ``root``: ``models/<name>.safetensors`` + ``.yaml``, ``config/``.
 
-    Weights are stored in float16 (as most published SD 1.x checkpoints are); both runners compute
-    in float32 on the CPU. Deterministic: the same files every time.
+    ``family`` is a name of :data:`DEMO_FAMILIES` (``small``, the default, or ``full``);
+    ``weight_seed`` draws an independent family of the same recipe (0: the documented one).
+    Each member is stored in its own precision (``dtype`` overrides it for all): the small family in
+    float16, as most published SD 1.x checkpoints are; the full family in float32 but for its fp16
+    copy of base. Both runners compute in float32 on the CPU. Deterministic: the same files every time.
+    The safetensors metadata names the member, its family and its recipe.
     """
     import torch
-    from safetensors.torch import save_file
 
+    spec = get_family(family)
     root = Path(root)
     config_dir = write_config_dir(root / "config")
     models_dir = root / "models"
     models_dir.mkdir(parents=True, exist_ok=True)
-    target = getattr(torch, dtype)
+    yaml = webui_yaml((config_dir / "text_encoder").resolve())
+    weights = family_weights(spec, weight_seed=weight_seed)
+    ldm_cache: dict[int, dict[str, torch.Tensor]] = {}
     paths = []
-    for name, parts in family_weights().items():
-        state = {k: v.to(target) if v.is_floating_point() else v for k, v in ldm_state_dict(parts).items()}
-        path = models_dir / f"{name}.safetensors"
-        save_file(state, str(path), metadata={"format": "pt", "cfgsim_demo": name})
-        (models_dir / f"{name}.yaml").write_text(
-            webui_yaml((config_dir / "text_encoder").resolve()), encoding="utf-8"
-        )
+    for index, member in enumerate(spec.members):
+        parts = weights[member.name]
+        # Copies share their parent's tensors: convert once.
+        ldm = ldm_cache.setdefault(id(parts["unet"]), ldm_state_dict(parts))
+        state = dict(ldm)
+        if member.ema:
+            unet = {k: v for k, v in ldm.items() if k.startswith(UNET_PREFIX)}
+            state.update(ema_state_dict(unet, seed=1000 + index + weight_seed * WEIGHT_SEED_STRIDE))
+        target = getattr(torch, dtype or member.dtype)
+        # Everything in the member's precision but ldm's EMA bookkeeping (decay stays float32).
+        state = {
+            k: v.to(target) if v.is_floating_point() and k != "model_ema.decay" else v
+            for k, v in sorted(state.items())
+        }
+        path = models_dir / f"{member.name}.safetensors"
+        metadata = {
+            "format": "pt",
+            "cfgsim_demo": member.name,
+            "cfgsim_demo_family": spec.name,
+            "cfgsim_demo_recipe": member.recipe,
+            "cfgsim_demo_weight_seed": str(weight_seed),
+        }
+        _save_safetensors(state, path, metadata)
+        (models_dir / f"{member.name}.yaml").write_text(yaml, encoding="utf-8")
         paths.append(path)
-    return DemoFamily(root=root, checkpoints=paths, config_dir=config_dir)
+    return DemoFamily(root=root, checkpoints=paths, config_dir=config_dir, spec=spec, weight_seed=weight_seed)
+
+
+def _save_safetensors(state: Mapping[str, torch.Tensor], path: Path, metadata: Mapping[str, str]) -> None:
+    """``safetensors.torch.save`` with the metadata keys in sorted order, so that the same weights give
+    the same bytes (and file hashes) every time: safetensors writes its metadata map in random order."""
+    from safetensors.torch import save
+
+    data = save(dict(state), metadata=dict(metadata))
+    size = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + size])
+    header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+    text = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    if len(text) <= size:  # the same content reordered: never longer; padded with blanks as safetensors does
+        data = data[:8] + text.ljust(size, b" ") + data[8 + size :]
+    path.write_bytes(data)
 
 
 # -- running -------------------------------------------------------------------------------------
 
 
-def run_demo(
-    out_dir: str | os.PathLike[str] = DEFAULT_OUT,
+def demo_spec(
     *,
     steps: int | None = None,
     seeds: Sequence[int] | str | None = None,
     size: int | None = None,
-    device: str = "cpu",
-    rng: str = "cpu",
-    quiet: bool = False,
-    write: bool = True,
-) -> tuple[ProbeResult, dict[str, Path]]:
-    """Build the family in ``out_dir``, probe it against ``base`` and write grid, heatmaps and metadata.
+    reduced: bool = False,
+) -> ProbeSpec:
+    """The cfg1 probe (256 steps, seed 1337, 512x512) with the demo's changes applied.
 
-    ``steps``/``seeds``/``size`` change the cfg1 preset (256 steps, seed 1337, 512x512); the
-    differences are recorded in the result as deviations from the preset.
+    ``reduced`` sets :data:`REDUCED_SIZE` and :data:`REDUCED_STEPS` (explicit ``size``/``steps`` win):
+    the probe made small enough for tests and calibration runs over many families.
     """
-    from cfgsim.compare import build_metrics
-    from cfgsim.output import write_outputs
-    from cfgsim.probe import run_probe
-    from cfgsim.result import Reference
     from cfgsim.spec import DEFAULT_PRESET, get_preset
-    from cfgsim.standalone.host import StandaloneHost
 
-    preset = get_preset(DEFAULT_PRESET)
+    if reduced:
+        steps = REDUCED_STEPS if steps is None else steps
+        size = REDUCED_SIZE if size is None else size
     changes: dict[str, object] = {}
     if steps is not None:
         changes["steps"] = steps
@@ -436,20 +725,70 @@ def run_demo(
         changes["seeds"] = seeds
     if size is not None:
         changes["width"] = changes["height"] = size
-    spec = preset.replace(**changes) if changes else preset
+    preset = get_preset(DEFAULT_PRESET)
+    return preset.replace(**changes) if changes else preset
 
-    family = build_family(out_dir)
+
+def probe_family(
+    family: DemoFamily,
+    spec: ProbeSpec,
+    *,
+    device: str = "cpu",
+    rng: str = "cpu",
+    quiet: bool = False,
+    metrics: Sequence[str] = ("ssim",),
+) -> ProbeResult:
+    """Probe a built family with the real standalone runner, scored against the family's reference."""
+    from cfgsim.compare import build_metrics
+    from cfgsim.probe import run_probe
+    from cfgsim.result import Reference
+    from cfgsim.spec import DEFAULT_PRESET, get_preset
+    from cfgsim.standalone.host import StandaloneHost
+
     host = StandaloneHost(
         family.checkpoints, config_dir=family.config_dir, device=device, rng=rng, quiet=quiet
     )
-    result = run_probe(
+    reference = family.spec.reference
+    return run_probe(
         host,
         host.checkpoints(),
         spec,
-        metrics=build_metrics(["ssim"]),
-        reference=Reference("item", 0, "base"),
+        metrics=build_metrics(list(metrics)),
+        reference=Reference("item", family.names.index(reference), reference),
         preset=DEFAULT_PRESET,
-        deviations=preset.differences(spec),
+        deviations=get_preset(DEFAULT_PRESET).differences(spec),
     )
+
+
+def run_demo(
+    out_dir: str | os.PathLike[str] = DEFAULT_OUT,
+    *,
+    family: str | FamilySpec = DEFAULT_FAMILY,
+    weight_seed: int = 0,
+    steps: int | None = None,
+    seeds: Sequence[int] | str | None = None,
+    size: int | None = None,
+    reduced: bool = False,
+    device: str = "cpu",
+    rng: str = "cpu",
+    quiet: bool = False,
+    write: bool = True,
+) -> tuple[ProbeResult, dict[str, Path]]:
+    """Build a family in ``out_dir``, probe it against its reference (``base``) and write grid,
+    heatmaps and metadata (``write=False``: only return the result).
+
+    ``steps``/``seeds``/``size``/``reduced`` change the cfg1 preset (see :func:`demo_spec`); the
+    differences are recorded in the result as deviations from the preset. ``family`` and
+    ``weight_seed`` as for :func:`build_family`. Calibration over many random families::
+
+        for k in range(50):
+            result, _ = run_demo(tmp / str(k), family="full", weight_seed=k, seeds="1-8",
+                                 reduced=True, quiet=True, write=False)
+    """
+    from cfgsim.output import write_outputs
+
+    spec = demo_spec(steps=steps, seeds=seeds, size=size, reduced=reduced)
+    built = build_family(out_dir, family=family, weight_seed=weight_seed)
+    result = probe_family(built, spec, device=device, rng=rng, quiet=quiet)
     written = write_outputs(result, out_dir) if write else {}
     return result, written
