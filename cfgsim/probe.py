@@ -97,43 +97,54 @@ def run_probe(
     total = len(cells)
     done = 0
     stopped = False
+    # Seeds of one checkpoint go to the host together when it can batch them (``generate_many``
+    # and ``batch_size``): one UNet call per step for the whole batch.
+    batch = max(1, int(getattr(host, "batch_size", 1) or 1)) if hasattr(host, "generate_many") else 1
     for i in execution_order(checkpoints, host.current_checkpoint()):
         checkpoint = checkpoints[i]
         skip = checkpoint.probe_skip_reason
         load_error: str | None = None
-        for r, seed in enumerate(spec.seeds):
-            cell = cells[(i, r)]
+        rows = list(range(len(spec.seeds)))
+        for start in range(0, len(rows), batch):
+            chunk = [cells[(i, r)] for r in rows[start : start + batch]]
+            seeds = [spec.seeds[r] for r in rows[start : start + batch]]
             if stopped or (not skip and host.interrupted()):
                 stopped = True
-                cell.status, cell.reason = SKIPPED, INTERRUPTED_REASON
+                for cell in chunk:
+                    cell.status, cell.reason = SKIPPED, INTERRUPTED_REASON
                 continue
-            if skip:
-                cell.status, cell.reason = SKIPPED, skip
-                done += 1
+            if skip or load_error:
+                for cell in chunk:
+                    cell.status, cell.reason = (SKIPPED, skip) if skip else (FAILED, load_error or "")
+                done += len(chunk)
                 continue
-            if load_error:
-                cell.status, cell.reason = FAILED, load_error
-                done += 1
-                continue
-            host.progress(done, total, f"{checkpoint.label} — seed {seed}")
+            what = f"seed {seeds[0]}" if len(seeds) == 1 else f"seeds {', '.join(map(str, seeds))}"
+            host.progress(done, total, f"{checkpoint.label} — {what}")
             try:
-                generated = host.generate(checkpoint, spec, seed)
+                if len(seeds) == 1:
+                    made = [host.generate(checkpoint, spec, seeds[0])]
+                else:
+                    made = list(host.generate_many(checkpoint, spec, seeds))  # type: ignore[attr-defined]
             except ProbeInterrupted:
                 stopped = True
-                cell.status, cell.reason = SKIPPED, INTERRUPTED_REASON
+                for cell in chunk:
+                    cell.status, cell.reason = SKIPPED, INTERRUPTED_REASON
                 continue
             except CheckpointLoadError as exc:
                 load_error = error_text(exc)
-                cell.status, cell.reason = FAILED, load_error
+                for cell in chunk:
+                    cell.status, cell.reason = FAILED, load_error
                 log.warning("%s could not be loaded: %s", checkpoint.label, load_error)
             except Exception as exc:  # a failed cell is reported on the grid; the run goes on
-                cell.status, cell.reason = FAILED, error_text(exc)
-                log.warning("%s seed %s failed: %s", checkpoint.label, seed, cell.reason)
+                for cell in chunk:
+                    cell.status, cell.reason = FAILED, error_text(exc)
+                log.warning("%s %s failed: %s", checkpoint.label, what, chunk[0].reason)
             else:
-                cell.status, cell.image, cell.infotext = OK, generated.image, generated.infotext
-                for key, value in generated.settings.items():
-                    result.environment.setdefault(key, value)
-            done += 1
+                for cell, generated in zip(chunk, made, strict=True):
+                    cell.status, cell.image, cell.infotext = OK, generated.image, generated.infotext
+                    for key, value in generated.settings.items():
+                        result.environment.setdefault(key, value)
+            done += len(chunk)
     host.progress(done, total, "comparing")
     result.interrupted = stopped
     result.cells = [cells[(i, r)] for r in range(len(spec.seeds)) for i in range(len(checkpoints))]

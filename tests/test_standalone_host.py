@@ -241,7 +241,7 @@ def test_ctrl_c_ends_the_run_with_what_was_done(family, monkeypatch):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(pipeline, "generate", interrupted)
+    monkeypatch.setattr(pipeline, "generate_batch", interrupted)
     with pytest.raises(ProbeInterrupted):
         host.generate(checkpoints[1], SMALL, 1)
     assert host.interrupted() and first.image.size == (64, 64)

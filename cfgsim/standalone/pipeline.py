@@ -26,7 +26,7 @@ Precision: float32 on the CPU, float16 on CUDA (the WebUI's defaults for each).
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -393,17 +393,41 @@ def generate(
     callback: StepCallback | None = None,
 ) -> Image.Image:
     """The probe image of the loaded checkpoint for ``seed`` under ``spec`` (CFG 1, no uncond pass)."""
+    return generate_batch(models, spec, [seed], rng=rng, callback=callback)[0]
+
+
+def generate_batch(
+    models: SD1Models,
+    spec: ProbeSpec,
+    seeds: Sequence[int],
+    *,
+    rng: str = "cpu",
+    callback: StepCallback | None = None,
+) -> list[Image.Image]:
+    """The probe images of the loaded checkpoint for several ``seeds`` in one batch.
+
+    Each seed's initial latent is drawn on its own, exactly as for a single image (the WebUI's
+    per-image noise), then the latents are stacked and sampled together: one UNet call per step
+    for the whole batch. Sampling is element-wise, so each image is the one made alone up to the
+    batch-size dependence of the floating-point kernels (measured in the tests and the benchmark).
+    """
     import torch
 
     check_spec(spec)
+    if not seeds:
+        return []
     with torch.inference_mode():
         cond = models.text.encode(spec.prompt, spec.clip_skip).to(models.dtype)
+        batch_cond = cond.expand(len(seeds), *cond.shape[1:])
 
         def eps_model(x_in: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            out = models.unet(x_in.to(models.dtype), t.to(models.device), encoder_hidden_states=cond).sample
+            out = models.unet(
+                x_in.to(models.dtype), t.to(models.device), encoder_hidden_states=batch_cond
+            ).sample
             return out.float()
 
-        noise = initial_noise(seed, latent_shape(spec.width, spec.height), rng, models.device)
+        shape = latent_shape(spec.width, spec.height)
+        noise = torch.cat([initial_noise(seed, shape, rng, models.device) for seed in seeds])
         steps = spec.effective_steps
         if spec.sampler == "DDIM":
             timesteps = ddim_timesteps(steps, len(models.schedule.alphas_cumprod))
@@ -413,4 +437,6 @@ def generate(
             latent = sample_euler(
                 eps_model, noise * sigmas[0].to(noise.device), sigmas, models.schedule, callback
             )
-        return decode_image(models.vae, latent, models.scaling_factor)
+        # Decoded one by one: the VAE at 512x512 is the memory peak, and a batch of one is what a
+        # single image gets.
+        return [decode_image(models.vae, latent[k : k + 1], models.scaling_factor) for k in range(len(seeds))]
