@@ -39,9 +39,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Cut an X/Y plot grid (also a downscaled JPEG copy) into cells, skipping label margins.",
     )
     s.add_argument("grid", metavar="GRID")
-    s.add_argument("--rows", type=int, required=True)
-    s.add_argument("--cols", type=int, required=True)
+    s.add_argument("--rows", type=int, default=None, help="rows of cells (optional for a cfgsim grid)")
+    s.add_argument("--cols", type=int, default=None, help="columns of cells (optional for a cfgsim grid)")
     s.add_argument("--out", default=None, metavar="DIR", help="folder for the cells (default: GRID's stem)")
+    s.add_argument("--no-labels", action="store_true", help="the grid has no labels, so no label margins")
+    s.add_argument(
+        "--margins", metavar="LEFT,TOP", help="the label margins in px instead of searching for them"
+    )
+    s.add_argument("--gap", type=float, metavar="PX", help="px between cells instead of searching (0: none)")
+    s.add_argument("--force", action="store_true", help="cut even when the layout found is unsure")
     s.set_defaults(func=cmd_split_grid)
 
     i = sub.add_parser(
@@ -53,14 +59,45 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_split_grid(args: argparse.Namespace) -> int:
-    from cfgsim.splitgrid import split_grid
+    import sys
+
+    from cfgsim.splitgrid import REFUSE_CONFIDENCE, WARN_CONFIDENCE, split_grid
 
     path = Path(args.grid)
-    if args.rows < 1 or args.cols < 1:
-        raise InputError(f"{path}: --rows and --cols must be at least 1")
+    for name in ("rows", "cols"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise InputError(f"{path}: --{name} must be at least 1")
+    margins = _parse_margins(args.margins) if args.margins is not None else None
+    if args.gap is not None and not (args.gap >= 0 and args.gap < float("inf")):
+        raise InputError(f"--gap {args.gap}: must be a number of px, 0 or more")
     image = load_image(path)
-    text, _ = read_metadata(path)
-    split = split_grid(image, args.rows, args.cols, infotext=text)
+    text, payload = read_metadata(path)
+    told = margins is not None or args.no_labels or args.gap is not None
+    layout = payload.get("grid_layout") if payload and not told else None
+    if layout is None and (args.rows is None or args.cols is None):
+        raise InputError(f"{path}: give --rows and --cols (the grid records no cfgsim layout)")
+    split = split_grid(
+        image,
+        args.rows,
+        args.cols,
+        infotext=text,
+        labels=False if args.no_labels else None,
+        margins=margins,
+        gap=args.gap,
+        layout=layout,
+    )
+    rows, cols = len(split.cells), len(split.cells[0])
+    if split.confidence < REFUSE_CONFIDENCE and not args.force:
+        raise InputError(
+            f"{path}: the grid's layout is unsure (confidence {split.confidence:.2f}): {split.evidence}; "
+            "say what it is with --no-labels, --margins LEFT,TOP or --gap PX, or cut anyway with --force"
+        )
+    if split.confidence < WARN_CONFIDENCE:
+        print(
+            f"cfgsim: warning: {path}: layout confidence {split.confidence:.2f}: {split.evidence}",
+            file=sys.stderr,
+        )
     out = Path(args.out) if args.out else path.with_name(path.stem + "-cells")
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -68,18 +105,32 @@ def cmd_split_grid(args: argparse.Namespace) -> int:
         raise InputError(f"{out}: cannot create the output folder ({exc.strerror or exc})") from exc
     # Cells are named by the grid's axis values when its infotext has them, else by position.
     x_values, y_values = split.axis_values or (None, None)
-    cols = unique_filenames(list(x_values)) if x_values and len(x_values) == args.cols else None
-    rows = unique_filenames(list(y_values)) if y_values and len(y_values) == args.rows else None
-    cols = cols or [f"c{c + 1}" for c in range(args.cols)]
-    rows = rows or [f"r{r + 1}" for r in range(args.rows)]
+    col_names = unique_filenames(list(x_values)) if x_values and len(x_values) == cols else None
+    row_names = unique_filenames(list(y_values)) if y_values and len(y_values) == rows else None
+    col_names = col_names or [f"c{c + 1}" for c in range(cols)]
+    row_names = row_names or [f"r{r + 1}" for r in range(rows)]
     for r, row in enumerate(split.cells):
         for c, cell in enumerate(row):
-            atomic_save_image(cell, out / f"{rows[r]}-{cols[c]}.png")
+            atomic_save_image(cell, out / f"{row_names[r]}-{col_names[c]}.png")
     left, top = split.margins
     w, h = split.cell_size
-    print(f"{path}: {args.rows}x{args.cols} cells of {w}x{h} px, label margins left {left} px, top {top} px")
-    print(f"wrote {args.rows * args.cols} cells to {out}")
+    print(
+        f"{path}: {rows}x{cols} cells of {w}x{h} px, label margins left {left} px, top {top} px "
+        f"(from {split.method}, confidence {split.confidence:.2f})"
+    )
+    print(f"wrote {rows * cols} cells to {out}")
     return 0
+
+
+def _parse_margins(text: str) -> tuple[int, int]:
+    parts = text.replace("x", ",").split(",")
+    try:
+        left, top = (int(p.strip()) for p in parts)
+    except ValueError:
+        raise InputError(f"--margins {text!r}: expected LEFT,TOP in whole px, e.g. 96,34") from None
+    if left < 0 or top < 0:
+        raise InputError(f"--margins {text!r}: margins cannot be negative")
+    return left, top
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:

@@ -213,6 +213,9 @@ class ProbeResult:
     # Settings that differ between the compared images (``compare`` of images made under different
     # settings): {infotext key: {value: [labels]}}. Non-empty → not a like-for-like probe.
     mixed_settings: dict[str, dict[str, list[str]]] = field(default_factory=dict)
+    # Where the grid's cells are, recorded by cfgsim.render.render_grid so that split-grid can cut
+    # a cfgsim grid exactly: {"rows", "cols", "image_size": [w, h], "boxes": [[x0, y0, x1, y1], ...]}.
+    grid_layout: dict[str, Any] | None = None
     version: str = __version__
 
     def cell(self, item: int, row: int) -> Cell | None:
@@ -268,6 +271,7 @@ class ProbeResult:
             "preset": self.preset,
             "deviations": [list(d) for d in self.deviations],
             "lineage": None if self.lineage is None else self.lineage.to_dict(),
+            "grid_layout": self.grid_layout,
         }
 
     @classmethod
@@ -300,6 +304,7 @@ class ProbeResult:
             deviations=[tuple(d) for d in data.get("deviations", [])],
             lineage=_lineage_from(data.get("lineage")),
             mixed_settings={k: dict(v) for k, v in (data.get("mixed_settings") or {}).items()},
+            grid_layout=data.get("grid_layout") if isinstance(data.get("grid_layout"), dict) else None,
             version=data.get("cfgsim_version", ""),
         )
 

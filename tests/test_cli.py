@@ -431,3 +431,64 @@ def test_malformed_exif_is_one_line(tmp_path, capsys):
     assert run("inspect", str(path)) == 2
     line = one_error_line(capsys)
     assert "grid.jpg: the EXIF data is malformed" in line and "not a TIFF file" in line
+
+
+def _banded_grid(path: Path) -> Path:
+    from tests.test_splitgrid import banded_cell
+
+    grid = Image.new("RGB", (384, 256), "white")
+    for r in range(2):
+        for c in range(3):
+            grid.paste(banded_cell(r * 3 + c), (c * 128, r * 128))
+    grid.save(path)
+    return path
+
+
+def test_split_grid_refuses_an_unsure_layout_with_its_evidence(tmp_path, capsys):
+    path = _banded_grid(tmp_path / "xy.png")
+    out = tmp_path / "cells"
+    assert run("split-grid", str(path), "--rows", "2", "--cols", "3", "--out", str(out)) == 2
+    line = one_error_line(capsys)
+    assert "layout is unsure" in line and "white bands" in line and "--no-labels" in line
+    assert not out.exists()  # nothing written
+
+
+def test_split_grid_no_labels_warns_and_cuts(tmp_path, capsys):
+    path = _banded_grid(tmp_path / "xy.png")
+    out = tmp_path / "cells"
+    assert run("split-grid", str(path), "--rows", "2", "--cols", "3", "--no-labels", "--out", str(out)) == 0
+    captured = capsys.readouterr()
+    assert captured.err.startswith("cfgsim: warning: ") and "layout confidence" in captured.err
+    assert "2x3 cells of 128x128 px" in captured.out
+    assert {Image.open(p).size for p in out.glob("*.png")} == {(128, 128)}
+
+
+def test_split_grid_margins_and_gap_options(tmp_path, capsys):
+    cells = [[item_image(c, r, (96, 96)) for c in range(2)] for r in range(2)]
+    grid, margins = webui_grid(cells, ["a", "b"], ["1", "2"], margin=4)
+    path = tmp_path / "xy.png"
+    grid.save(path)
+    argv = ["split-grid", str(path), "--rows", "2", "--cols", "2", "--out", str(tmp_path / "c")]
+    assert run(*argv, "--margins", f"{margins[0]},{margins[1]}", "--gap", "4") == 0
+    assert "from given, confidence 1.00" in capsys.readouterr().out
+    assert run(*argv, "--margins", "96") == 2
+    assert "LEFT,TOP" in one_error_line(capsys)
+    assert run(*argv, "--margins", "900,0") == 2
+    assert "do not fit" in one_error_line(capsys)
+
+
+def test_split_grid_cuts_a_cfgsim_grid_by_its_metadata(images, tmp_path, capsys):
+    """cfgsim's own grid (overlays, legend) needs no --rows/--cols: its metadata has the boxes."""
+    out = tmp_path / "out" / "grid.png"
+    assert run("compare", *map(str, images), "--out", str(out)) == 0
+    capsys.readouterr()
+    assert run("split-grid", str(out), "--out", str(tmp_path / "cells")) == 0
+    printed = capsys.readouterr().out
+    assert "1x3 cells of 96x96 px" in printed and "from metadata, confidence 1.00" in printed
+    layout = read_result(out).grid_layout
+    grid = Image.open(out).convert("RGB")
+    written = sorted((tmp_path / "cells").glob("*.png"))
+    assert len(written) == 3
+    for box, name in zip(layout["boxes"], ["r1-c1.png", "r1-c2.png", "r1-c3.png"], strict=True):
+        cell = Image.open(tmp_path / "cells" / name).convert("RGB")
+        assert cell.tobytes() == grid.crop(tuple(box)).tobytes()

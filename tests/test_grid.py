@@ -346,7 +346,7 @@ def test_one_item_renders_a_grid_and_no_heatmap():
 def test_odd_characters_in_labels_do_not_crash(labels):
     result = make_result(n_items=3, seeds=(1,), with_failure=False, size=(64, 64), labels=labels)
     names = [name for name, image in render_all(result)]
-    assert names == ["grid", "heatmap-ssim"]
+    assert names == ["grid", *(["tree"] if result.lineage is not None else []), "heatmap-ssim"]
 
 
 def test_unknown_metric_and_bad_cell_size_are_input_errors(result):
@@ -429,7 +429,8 @@ def test_heatmap_per_row_and_errors(result):
 
 
 def test_render_all_order(result):
-    assert [name for name, _ in render_all(result)] == ["grid", "heatmap-ssim"]
+    tree = ["tree"] if result.lineage is not None else []
+    assert [name for name, _ in render_all(result)] == ["grid", *tree, "heatmap-ssim"]
 
 
 # -- colours, legend, fonts ---------------------------------------------------------------------

@@ -3,15 +3,24 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
 from helpers import make_result, mean_abs_diff, smooth_image, webui_grid, webui_infotext
-from PIL import Image, PngImagePlugin
+from PIL import Image, ImageDraw, PngImagePlugin
+from webui_annotate import prompt_matrix, webui_fonts, xy_grid
 
 from cfgsim.errors import InputError
 from cfgsim.render import render_grid
-from cfgsim.splitgrid import axis_values_from_infotext, parse_axis_values, split_grid
+from cfgsim.spec import ProbeSpec
+from cfgsim.splitgrid import (
+    REFUSE_CONFIDENCE,
+    WARN_CONFIDENCE,
+    axis_values_from_infotext,
+    parse_axis_values,
+    split_grid,
+)
 
 X_LABELS = [
     "animefull-final-pruned",
@@ -212,3 +221,109 @@ def test_bad_rows_and_cols(rows, cols, message):
 def test_a_blank_image_splits_evenly():
     split = split_grid(Image.new("RGB", (300, 200), "white"), 2, 3)
     assert split.margins == (0, 0) and split.cell_size == (100, 100)
+
+
+# -- grids annotated as the WebUI annotates them (tests/webui_annotate.py) -----------------------
+
+FONTS = webui_fonts()
+
+
+@pytest.fixture(params=FONTS, ids=[Path(f).stem for f in FONTS])
+def font(request):
+    return request.param
+
+
+@pytest.mark.parametrize(
+    ("size", "gap", "scale", "jpeg", "max_diff"),
+    [(128, 0, 1.0, None, 0.01), (256, 8, 1.0, None, 0.01), (192, 0, 0.5, None, 3.0), (256, 0, 0.5, 75, 6.0)],
+    ids=["128", "256-gap8", "192-half", "256-half-jpeg75"],
+)
+def test_webui_xy_grids(font, size, gap, scale, jpeg, max_diff):
+    cells = cells_for(2, 3, (size, size), seed=21)
+    grid, margins = xy_grid(cells, X_LABELS, Y_LABELS, font_path=font, margin=gap)
+    split = split_grid(degrade(grid, scale, jpeg), 2, 3)
+    check(split, cells, margins, scale, max_diff)
+    assert split.method == "labels" and split.confidence >= 0.8, split.evidence
+
+
+def test_webui_prompt_matrix(font):
+    """Column labels of several lines, inactive prompts grey and struck through."""
+    images = [smooth_image(k, (128, 128)) for k in range(8)]
+    prompts = ["a cat", "on a mat", "in the style of picasso", "highly detailed"]
+    grid, margins, (rows, cols) = prompt_matrix(images, prompts, font_path=font)
+    assert (rows, cols) == (2, 4) and margins[0] == 96
+    cells = [[images[r * cols + c] for c in range(cols)] for r in range(rows)]
+    split = split_grid(grid, rows, cols)
+    check(split, cells, margins, 1.0, 0.01)
+    assert split.confidence >= 0.8, split.evidence
+
+
+def banded_cell(seed: int, size: int = 128) -> Image.Image:
+    """A white-background picture with a dark bar across it and white bands at its edges."""
+    rng = np.random.default_rng(seed)
+    image = Image.new("RGB", (size, size), (255, 255, 255))
+    y = int(rng.integers(size // 3, 2 * size // 3))
+    ImageDraw.Draw(image).rectangle((10, y, size - 10, y + 12), fill=(20, 20, 20))
+    return image
+
+
+def test_white_bands_are_no_phantom_gap_or_margin():
+    """2×3 cells of 128 px with white bands at their edges and no labels: the old search cut
+    107×112 px cells (a 31.5 px "gap") and said nothing. Now the cut is even, and the evidence says
+    why the layout is unsure."""
+    cells = [[banded_cell(r * 3 + c) for c in range(3)] for r in range(2)]
+    grid, margins = xy_grid(cells, None, None, font_path=FONTS[0])
+    assert margins == (0, 0) and grid.size == (384, 256)
+    split = split_grid(grid, 2, 3)
+    assert split.cell_size == (128, 128) and split.margins == (0, 0) and split.gap == (0.0, 0.0)
+    assert split.confidence < REFUSE_CONFIDENCE
+    assert "white bands" in split.evidence and "text-like marks" in split.evidence
+    told = split_grid(grid, 2, 3, labels=False)
+    assert told.cell_size == (128, 128) and REFUSE_CONFIDENCE <= told.confidence < WARN_CONFIDENCE
+    check(told, cells, (0, 0), 1.0, 0.01)
+
+
+def test_margins_and_gap_given():
+    cells = cells_for(2, 2, (96, 96), seed=4)
+    grid, margins = xy_grid(cells, ["a", "b"], ["1", "2"], font_path=FONTS[0], margin=6)
+    split = split_grid(grid, 2, 2, margins=margins, gap=6)
+    check(split, cells, margins, 1.0, 0.01)
+    assert split.method == "given" and split.confidence == 1.0
+    with pytest.raises(InputError, match="do not fit"):
+        split_grid(grid, 2, 2, margins=(500, 0))
+    with pytest.raises(InputError, match="gap"):
+        split_grid(grid, 2, 2, gap=-1)
+
+
+def test_clear_borders_without_labels_are_confident():
+    cells = cells_for(2, 3, (96, 96), seed=9)
+    grid, _ = xy_grid(cells, None, None, font_path=FONTS[0])
+    split = split_grid(grid, 2, 3)
+    check(split, cells, (0, 0), 1.0, 0.01)
+    assert split.method == "borders" and split.confidence >= WARN_CONFIDENCE, split.evidence
+
+
+# -- cfgsim's own grids: cut by the layout they record ------------------------------------------
+
+
+def test_cfgsim_grid_is_cut_by_its_recorded_layout():
+    """Overlays, the legend strip and a preview banner around the cells: the search alone
+    reported 1×5 cells of 589×745 on such a grid; the recorded boxes cut it exactly."""
+    result = make_result(n_items=3, seeds=(1337, 42), size=(96, 96))
+    result.spec = ProbeSpec(width=96, height=96, seeds=(1337, 42), steps_override=10)
+    grid = render_grid(result)
+    layout = result.grid_layout
+    assert layout == grid.info["cfgsim_grid_layout"]
+    assert (layout["rows"], layout["cols"]) == (2, 3) and layout["image_size"] == list(grid.size)
+    split = split_grid(grid, layout=layout)
+    assert split.method == "metadata" and split.confidence == 1.0 and split.cell_size == (96, 96)
+    for (x0, y0, x1, y1), cell in zip(layout["boxes"], [c for row in split.cells for c in row], strict=True):
+        assert np.array_equal(np.asarray(cell), np.asarray(grid.crop((x0, y0, x1, y1))))
+    half = grid.resize((grid.width // 2, grid.height // 2), Image.Resampling.LANCZOS)
+    small = split_grid(half, layout=layout)
+    assert small.cell_size == (48, 48)
+    assert mean_abs_diff(split.cells[0][1], small.cells[0][1]) < 8.0  # overlay borders blur at half size
+    with pytest.raises(InputError, match="records 2x3 cells, not 3x3"):
+        split_grid(grid, 3, 3, layout=layout)
+    with pytest.raises(InputError, match="layout is damaged"):
+        split_grid(grid, layout={"rows": 2, "cols": 3, "image_size": [10, 10], "boxes": [[0, 0, 1]]})

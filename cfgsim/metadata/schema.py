@@ -61,11 +61,15 @@ def _json_default(value: object) -> object:
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
-def to_json(result: ProbeResult) -> str:
-    """The versioned JSON of ``result`` (compact, key order as written, UTF-8 text, no NaN)."""
+def to_json(result: ProbeResult, *, grid_layout: dict[str, Any] | None = None) -> str:
+    """The versioned JSON of ``result`` (compact, key order as written, UTF-8 text, no NaN);
+    ``grid_layout``: the layout of the grid saved with it, when the result does not hold it."""
+    document = result.to_dict()
+    if grid_layout is not None:
+        document["grid_layout"] = grid_layout
     try:
         return json.dumps(
-            result.to_dict(),
+            document,
             sort_keys=False,
             ensure_ascii=False,
             allow_nan=False,

@@ -55,7 +55,9 @@ def save_grid(
     path = Path(path)
     fmt = _format_for(path)
     infotext = grid_infotext(result)
-    payload = to_json(result)
+    # render_grid leaves the grid's cell boxes on the image: they go with the result.
+    layout = image.info.get("cfgsim_grid_layout")
+    payload = to_json(result, grid_layout=layout if isinstance(layout, dict) else None)
     if fmt == "PNG":
         info = PngImagePlugin.PngInfo()
         for key, value in (extra_chunks or {}).items():

@@ -39,6 +39,8 @@ from cfgsim.render.text import ELLIPSIS, TextFont, block_height, draw_lines, fit
 from cfgsim.result import FAILED, SKIPPED, MetricScores, ProbeResult
 from cfgsim.spec import ProbeSpec
 
+#: The key of ``Image.info`` under which render_grid leaves the grid's layout.
+GRID_LAYOUT_INFO = "cfgsim_grid_layout"
 MAX_GRID_PIXELS = 300 * 10**6  # ~900 MB as RGB: 20 checkpoints x 12 seeds at 1024 px fit
 
 
@@ -255,7 +257,35 @@ def render_grid(
 
     if legend is not None:
         canvas.paste(legend, (0, height - legend_h))
+    # Where the cells are, for split-grid: on the result (so its JSON carries it) and on the image
+    # (for a caller that saves a grid drawn from a copy of the result).
+    layout = grid_layout(
+        canvas.size,
+        [(left_w + i * cw, grid_top + r * ch) for r in range(n_rows) for i in range(n_cols)],
+        (cw, ch),
+        n_rows,
+        n_cols,
+    )
+    result.grid_layout = layout
+    canvas.info[GRID_LAYOUT_INFO] = layout
     return canvas
+
+
+def grid_layout(
+    image_size: tuple[int, int],
+    origins: Sequence[tuple[int, int]],
+    cell: tuple[int, int],
+    rows: int,
+    cols: int,
+) -> dict[str, object]:
+    """The layout record split-grid cuts by: rows, cols, the image size and each cell's box
+    [x0, y0, x1, y1] in row-major order."""
+    return {
+        "rows": rows,
+        "cols": cols,
+        "image_size": list(image_size),
+        "boxes": [[x, y, x + cell[0], y + cell[1]] for x, y in origins],
+    }
 
 
 def _render_cell(
