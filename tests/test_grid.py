@@ -479,8 +479,11 @@ def test_without_a_truetype_font_the_default_font_is_used(monkeypatch):
         assert font.line_height >= 20, "the fallback font is scaled to the asked size"
         result = make_result(n_items=2, seeds=(1,), with_failure=True, size=(64, 64))
         result.spec = ProbeSpec(width=64, height=64, seeds=(1,), steps_override=10)
-        for _, image in render_all(result):
-            assert image.width > 0
+        images = dict(render_all(result))
+        # The labels above the cells and the heatmap's title are drawn, in the scaled bitmap font.
+        top = images["grid"].info["cfgsim_grid_layout"]["boxes"][0][1]
+        assert (arr(images["grid"])[:top].min(axis=2) < 60).sum() > 50
+        assert (arr(images["heatmap-ssim"])[:30].min(axis=2) < 60).sum() > 50
     finally:
         rtext.get_font.cache_clear()
 

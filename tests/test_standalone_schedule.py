@@ -66,12 +66,36 @@ def test_pinned_sigmas_for_the_probe(schedule):
     np.testing.assert_allclose(sigmas[-3:].numpy(), [0.0650282, 0.0291675, 0.0], atol=2e-7)
 
 
-def test_sigma_to_t_inverts_t_to_sigma(schedule):
-    t = torch.linspace(999, 0, 256)
-    back = schedule.sigma_to_t(schedule.t_to_sigma(t))
-    assert float((back - t).abs().max()) < 1e-3
-    # The UNet gets these fractional timesteps at the probe's first steps.
-    np.testing.assert_allclose(back[:3].numpy(), [999.0, 995.08228, 991.16473], atol=2e-4)
+def reference_sigma_to_t(sigma: np.ndarray) -> np.ndarray:
+    """k-diffusion ``DiscreteSchedule.sigma_to_t`` (quantize=False) in numpy float32, as its buffers
+    are: log_sigmas = log(sqrt((1 - ᾱ) / ᾱ)); the level below is where ``(log σ - log_sigmas >= 0)
+    .cumsum(0).argmax(0)`` lands (the last level at or below log σ, 0 when none), clamped to
+    n - 2; w = (low - log σ) / (low - high) clamped to [0, 1]; t = (1 - w)·low_idx + w·high_idx."""
+    ac = reference_alphas_cumprod()
+    log_sigmas = np.log(((1 - ac) / ac) ** np.float32(0.5)).astype(np.float32)
+    log_sigma = np.log(np.asarray(sigma, dtype=np.float32))
+    dists = log_sigma[None, :] - log_sigmas[:, None]
+    low_idx = np.minimum(np.argmax(np.cumsum(dists >= 0, axis=0), axis=0), log_sigmas.size - 2)
+    high_idx = low_idx + 1
+    low, high = log_sigmas[low_idx], log_sigmas[high_idx]
+    w = np.clip((low - log_sigma) / (low - high), 0, 1)
+    return ((1 - w) * low_idx + w * high_idx).astype(np.float32)
+
+
+def test_sigma_to_t_matches_k_diffusion(schedule):
+    """The fractional timesteps the UNet receives, against k-diffusion's formula written out above
+    (not against the schedule's own t_to_sigma): the probe's 256 Euler sigmas and random ones over
+    and beyond the trained range."""
+    sigmas = reference_sigmas(256)[:-1].astype(np.float32)
+    ours = schedule.sigma_to_t(torch.from_numpy(sigmas)).numpy()
+    np.testing.assert_allclose(ours, reference_sigma_to_t(sigmas), atol=2e-4)
+    # The first timesteps of the probe, from the reference: 999 and then about 3.92 apart.
+    np.testing.assert_allclose(reference_sigma_to_t(sigmas[:3]), [999.0, 995.08228, 991.16473], atol=2e-4)
+    rng = np.random.default_rng(0)
+    random = np.exp(rng.uniform(np.log(0.005), np.log(40.0), 500)).astype(np.float32)
+    np.testing.assert_allclose(
+        schedule.sigma_to_t(torch.from_numpy(random)).numpy(), reference_sigma_to_t(random), atol=2e-4
+    )
 
 
 def test_sigma_to_t_at_training_levels_and_out_of_range(schedule):
