@@ -30,7 +30,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from cfgsim.grid import score_scale
+from cfgsim.render.colour import score_scale
 from cfgsim.result import FAILED, SKIPPED, MetricScores, ProbeResult, rank_scores
 
 REPORT_CLASS = "cfgsim-report"
@@ -277,8 +277,80 @@ def _failures(result: ProbeResult) -> str:
     return f'<ul class="cfgsim-failures">{"".join(items)}</ul>'
 
 
+def _text_cell(row: int, col: int, text: str, *, value: float | None = None, classes: str = "") -> str:
+    """A cell that is not coloured: text, and a value when it sorts by number (p, support)."""
+    cls = " ".join(["cfgsim-noscale", *([classes] if classes else [])])
+    data = "" if value is None else _data_value(value)
+    return (
+        f'<td class="{esc(cls)}" data-cfgsim-row="{row}" data-cfgsim-col="{col}" '
+        f'data-cfgsim-value="{data}">{esc(text)}</td>'
+    )
+
+
+def lineage_section(result: ProbeResult) -> str:
+    """The verdict per checkpoint (tree order): nearest relative, similarity with its CI, the paired
+    test against the runner-up, clade support and the band; then the tree as Newick and the notes."""
+    lin = result.lineage
+    if lin is None:
+        return ""
+    seeds = len(lin.rows_used)
+    caption = (
+        f"Lineage verdict ({lin.metric.upper()}, {_plural(seeds, 'seed')}; nearest relative tested "
+        f"against the runner-up with a paired sign-flip test at {lin.alpha:g}; support from "
+        f"{lin.replicates} seed-bootstrap trees)"
+    )
+    titles = [
+        ("Checkpoint", ""),
+        ("Nearest relative", "The checkpoint it is most similar to (mean over seeds)"),
+        ("Similarity", "Mean similarity to the nearest relative over the seeds"),
+        ("95% CI", "Bootstrap confidence interval of that mean, resampling seeds"),
+        ("Runner-up", "The next most similar checkpoint (copies of the nearest left out)"),
+        ("p", "Two-sided paired sign-flip test: is the nearest really nearer than the runner-up?"),
+        ("Seeds won", "Seeds on which the nearest beat the runner-up"),
+        ("Support", "% of seed-bootstrap trees holding the smallest clade with both"),
+        ("Verdict", "Bands are guides from measured data, not proof (README: Verdict bands)"),
+    ]
+    head = [_header(label, col - 1, title=title) for col, (label, title) in enumerate(titles)]
+    body = []
+    for k, item in enumerate(lin.order):
+        rel = lin.relative_of(item)
+        if rel is None:
+            continue
+        ci = "—" if math.isnan(rel.ci[0]) else f"{rel.ci[0]:.3f} – {rel.ci[1]:.3f}"
+        tested = rel.runner_up is not None
+        p = rel.p_value
+        cells = [
+            _row_head(rel.label, k),
+            _text_cell(k, 0, rel.nearest_label or "—"),
+            _cell(rel.similarity, row=k, col=1, title=rel.verdict),
+            _text_cell(k, 2, ci, value=None if math.isnan(rel.ci[0]) else rel.ci[0]),
+            _text_cell(k, 3, rel.runner_up_label or "—"),
+            _text_cell(k, 4, "—" if p is None else f"{p:.3g}", value=p),
+            _text_cell(k, 5, f"{rel.seeds_won}/{rel.seeds}" if tested else "—", value=rel.seeds_won),
+            _text_cell(
+                k, 6, "—" if rel.support is None else f"{round(rel.support * 100)}%", value=rel.support
+            ),
+            _text_cell(k, 7, rel.verdict, classes="cfgsim-verdict"),
+        ]
+        body.append(f'<tr data-cfgsim-row="{k}">{"".join(cells)}</tr>')
+    scores = result.scores.get(lin.metric)
+    scale = matrix_scale(scores) if scores is not None else (0.0, 1.0)
+    parts = [
+        '<section class="cfgsim-lineage">',
+        _table("verdict", lin.metric, caption, head, body, scale=scale),
+        '<details class="cfgsim-newick"><summary>Family tree as Newick (support in %)</summary>'
+        f"<p>{esc(lin.newick)}</p></details>",
+    ]
+    if lin.notes:
+        parts.append('<ul class="cfgsim-notes">' + "".join(f"<li>{esc(n)}</li>" for n in lin.notes) + "</ul>")
+    parts.append("</section>")
+    return "".join(parts)
+
+
 def report_html(result: ProbeResult) -> str:
-    """The whole report for one run. See the module docstring."""
+    """The whole report for one run, checkpoints in the family tree's order. See the module docstring."""
+    if result.lineage is not None:
+        result = result.reordered(result.tree_order())
     spec = result.spec
     n_items, n_rows = len(result.items), len(result.rows)
     ok = sum(1 for c in result.cells if c.ok)
@@ -309,6 +381,7 @@ def report_html(result: ProbeResult) -> str:
             "images made before the stop.</div>"
         )
     parts.append(deviations_html(result.deviations, preset=result.preset))
+    parts.append(lineage_section(result))
     if result.scores:
         parts.extend(metric_section(result, scores) for scores in result.scores.values())
     else:

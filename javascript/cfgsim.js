@@ -141,7 +141,10 @@
         if (!body) return;
         var header = table.tHead.querySelector('[data-cfgsim-col="' + col + '"]');
         var rows = Array.prototype.slice.call(body.rows);
-        var numeric = col !== "-1";
+        // Columns of scores sort by value; columns of names and verdicts (no values) by text.
+        var numeric = col !== "-1" && rows.some(function(r) {
+            return valueOf(cellIn(r, col)) !== null;
+        });
         var previous = table.getAttribute("data-cfgsim-sort");
         var ascending;
         if (previous === col + ":desc") {

@@ -5,6 +5,7 @@ from __future__ import annotations
 import html
 import json
 import math
+import re
 from html.parser import HTMLParser
 
 import pytest
@@ -92,14 +93,20 @@ def test_tables_carry_values_rows_and_columns(result):
     doc = parse(report.report_html(result))
     tables = [attrs for tag, attrs in doc.tags if tag == "table"]
     kinds = [t["data-cfgsim-kind"] for t in tables]
-    # vs reference, the mean matrix, then one matrix per seed.
-    assert kinds == ["reference", "matrix", "matrix", "matrix"]
+    # The lineage verdict, vs reference, the mean matrix, then one matrix per seed.
+    assert kinds == ["verdict", "reference", "matrix", "matrix", "matrix"]
     cells = [attrs for tag, attrs in doc.tags if tag == "td"]
     assert all({"data-cfgsim-row", "data-cfgsim-col", "data-cfgsim-value"} <= set(a) for a in cells)
-    scores = result.scores["ssim"]
+    # The report lists the checkpoints in the family tree's order.
+    ordered = result.reordered(result.tree_order())
+    scores = ordered.scores["ssim"]
+    ref = ordered.reference.index
     mean_cells = [a for a in cells if "cfgsim-mean" in (a.get("class") or "")]
-    assert mean_cells[0]["data-cfgsim-value"] == ""  # the reference itself has no score
-    assert float(mean_cells[1]["data-cfgsim-value"]) == pytest.approx(scores.reference_mean[1], abs=1e-5)
+    assert mean_cells[ref]["data-cfgsim-value"] == ""  # the reference itself has no score
+    other = next(i for i in range(3) if i != ref)
+    assert float(mean_cells[other]["data-cfgsim-value"]) == pytest.approx(
+        scores.reference_mean[other], abs=1e-5
+    )
     buttons = [a for tag, a in doc.tags if tag == "button"]
     assert len(buttons) == len(tables) and all(b["type"] == "button" for b in buttons)
 
@@ -123,7 +130,7 @@ def test_matrix_values_and_diagonal(result):
 def test_ranks_follow_the_mean(result):
     doc = parse(report.report_html(result))
     ranks = [a for tag, a in doc.tags if tag == "td" and "cfgsim-rank" in (a.get("class") or "")]
-    mean = result.scores["ssim"].reference_mean
+    mean = result.reordered(result.tree_order()).scores["ssim"].reference_mean  # rows in tree order
     order = sorted((i for i in range(3) if not math.isnan(mean[i])), key=lambda i: -mean[i])
     assert [ranks[i]["data-cfgsim-value"] for i in order] == ["1", "2"]
 
@@ -186,3 +193,24 @@ def test_hints_html_round_trips_as_json():
     markup = report.hints_html(hints, {"cfgsim_seeds": "x"})
     ((_tag, attrs),) = parse(markup).tags
     assert json.loads(attrs["data-cfgsim-hints"]) == {"labels": hints, "ids": {"cfgsim_seeds": "x"}}
+
+
+def test_lineage_verdict_table_lists_every_checkpoint_in_tree_order(result):
+    doc = parse(report.report_html(result))
+    assert result.lineage is not None
+    order = [result.items[i].label for i in result.tree_order()]
+    markup = report.lineage_section(result.reordered(result.tree_order()))
+    rows = re.findall(r'<th scope="row"[^>]*>([^<]*)</th>', markup)
+    assert rows == [html.escape(label) for label in order]
+    for rel in result.lineage.relatives:
+        assert html.escape(rel.verdict) in markup
+    assert "Newick" in markup and html.escape(result.lineage.newick) in markup
+    # Columns of names sort as text, scores and p-values by value; only the similarity is coloured.
+    verdict_cells = re.findall(r'<td class="([^"]*)" data-cfgsim-row', markup)
+    assert all("cfgsim-noscale" in c for c in verdict_cells)
+    assert next(a for t, a in doc.tags if t == "table")["data-cfgsim-kind"] == "verdict"  # shown first
+
+
+def test_a_result_without_lineage_has_no_verdict_section(result):
+    result.lineage = None
+    assert "cfgsim-lineage" not in report.report_html(result)
