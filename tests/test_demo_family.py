@@ -15,6 +15,7 @@ pytest.importorskip("diffusers")
 pytest.importorskip("transformers")
 
 from cfgsim.cli import main
+from cfgsim.errors import InputError
 from cfgsim.standalone.checkpoint import detect_architecture, read_safetensors_header
 from cfgsim.standalone.demo import (
     DEMO_FAMILIES,
@@ -148,8 +149,13 @@ def test_ema_keys_map_to_the_unet():
 
 
 def test_unknown_family_is_a_clear_error(tmp_path, capsys):
-    assert main(["demo", "--family", "huge", "--out", str(tmp_path)]) == 2
-    assert "huge" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["demo", "--family", "huge", "--out", str(tmp_path)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "huge" in err and "full" in err
+    with pytest.raises(InputError, match="huge"):
+        get_family("huge")
 
 
 def test_reduced_spec():
