@@ -192,6 +192,47 @@ class FamilyTruth:
     equally_related: tuple[tuple[str, str, str], ...] = ()
     unrelated: frozenset[str] = frozenset()
 
+    def violations(
+        self, labels: Sequence[str], similarity: Any, *, same_model_min: float = 0.99
+    ) -> list[str]:
+        """What a similarity matrix (N x N, higher = closer, ``labels`` in its order; e.g. the mean
+        SSIM over seeds) gets wrong against this truth, one line each; [] when it agrees.
+
+        Checked: same-model pairs at least ``same_model_min``; each unambiguous nearest relative is
+        the most similar item; every clade member more similar to every other member than to anything
+        outside; each unequal merge more similar to its heavier parent.
+        """
+        idx = {label: i for i, label in enumerate(labels)}
+
+        def s(a: str, b: str) -> float:
+            return float(similarity[idx[a]][idx[b]])
+
+        out = []
+        for group in self.same_model:
+            out += [
+                f"same model {a} / {b}: {s(a, b):.4f}"
+                for a in group
+                for b in group
+                if a < b and s(a, b) < same_model_min
+            ]
+        for item, nearest in self.nearest.items():
+            best = max((b for b in labels if b != item), key=lambda b: s(item, b))
+            if best not in nearest:
+                out.append(
+                    f"nearest of {item}: {best} ({s(item, best):.4f}), expected one of {sorted(nearest)}"
+                )
+        for clade in self.clades:
+            inside = min(s(a, b) for a in clade for b in clade if a != b)
+            outside = max(s(a, b) for a in clade for b in labels if b not in clade)
+            if inside <= outside:
+                out.append(
+                    f"clade {sorted(clade)}: weakest inside {inside:.4f} <= strongest outside {outside:.4f}"
+                )
+        for item, (near, far) in self.merge_parents.items():
+            if s(item, near) <= s(item, far):
+                out.append(f"merge {item}: {near} {s(item, near):.4f} <= {far} {s(item, far):.4f}")
+        return out
+
     def nearest_is_ambiguous(self, item: str) -> bool:
         """True when the truth names no single nearest relative (or set of same-model ones) for ``item``."""
         return item not in self.nearest
