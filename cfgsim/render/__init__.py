@@ -8,6 +8,8 @@ scale), :mod:`.legend`, :mod:`.grid`, :mod:`.heatmap`, :mod:`.dendrogram` (the f
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from PIL import Image
 
 from cfgsim.render.colour import (
@@ -68,14 +70,17 @@ __all__ = [
 ]
 
 
-def render_all(result: ProbeResult, *, overlays: bool = True) -> list[tuple[str, Image.Image]]:
+def render_all(
+    result: ProbeResult, *, overlays: bool = True, grid_metrics: Sequence[str] | None = None
+) -> list[tuple[str, Image.Image]]:
     """What the WebUI gallery shows, in order: the grid, the family tree, one heatmap per metric.
 
-    With a lineage the grid columns and the heatmaps follow the tree's leaf order, so relatives sit
-    side by side. Heatmaps and the tree need two items at least (a 1×1 matrix says nothing).
+    ``grid_metrics``: the metrics drawn on the grid's cells (default: all). With a lineage the grid
+    columns and the heatmaps follow the tree's leaf order, so relatives sit side by side. Heatmaps
+    and the tree need two items at least (a 1×1 matrix says nothing).
     """
     ordered = result.reordered(result.tree_order()) if result.lineage is not None else result
-    out = [("grid", render_grid(ordered, overlays=overlays))]
+    out = [("grid", render_grid(ordered, metrics=grid_metrics, overlays=overlays))]
     if ordered.lineage is not None and len(ordered.lineage.items) >= 2:
         out.append(("tree", render_dendrogram(ordered)))
     if len(result.items) >= 2:

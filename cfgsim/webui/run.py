@@ -12,13 +12,14 @@ import logging
 import os
 from typing import Any
 
-from cfgsim import controls, grid, metadata, report
+from cfgsim import controls, metadata, report
 from cfgsim.compare import build_metrics
 from cfgsim.errors import InputError
 from cfgsim.host import Checkpoint
 from cfgsim.infotext import Infotext
 from cfgsim.metrics.clip import release_cached_models
 from cfgsim.probe import run_probe
+from cfgsim.render import render_all
 from cfgsim.result import ProbeResult, Reference
 from cfgsim.spec import SpecChoice
 from cfgsim.webui.context import WebUI
@@ -92,14 +93,12 @@ def build_reference(
 
 
 def render(result: ProbeResult, *, overlays: bool, style: str) -> list[tuple[str, Any]]:
-    """Grid first, then the heatmaps (one per metric, for two checkpoints or more)."""
-    if style == OVERLAY_STYLES[1] and result.scores:
-        first = next(iter(result.scores))
-        out = [("grid", grid.render_grid(result, metrics=[first], overlays=overlays))]
-        if len(result.items) >= 2:
-            out.extend((f"heatmap-{name}", grid.render_heatmap(result, name)) for name in result.scores)
-        return out
-    return grid.render_all(result, overlays=overlays)
+    """Grid first (in family-tree order), the tree, then the heatmaps (one per metric, for two
+    checkpoints or more). The compact style draws only the first metric on the grid's cells."""
+    first_only = style == OVERLAY_STYLES[1] and bool(result.scores)
+    return render_all(
+        result, overlays=overlays, grid_metrics=[next(iter(result.scores))] if first_only else None
+    )
 
 
 def compared_hashes(result: ProbeResult) -> str:
