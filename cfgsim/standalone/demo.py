@@ -1,15 +1,26 @@
-"""``cfgsim demo``: a tiny SD 1.x model family of known lineage, built in seconds and probed for real.
+"""``cfgsim demo``: tiny SD 1.x model families of known lineage, built in seconds and probed for real.
 
-Five checkpoints with the SD 1.x architecture (UNet with cross-attention, KL VAE with four
-resolution levels, CLIP text model with the real CLIP tokenizer), just very narrow and with random
-weights from fixed seeds, so that they are built offline in seconds:
+Checkpoints with the SD 1.x architecture (UNet with cross-attention, KL VAE with four resolution
+levels, CLIP text model with the real CLIP tokenizer), just very narrow and with random weights
+from fixed seeds, so that they are built offline in seconds. Two families (:data:`DEMO_FAMILIES`,
+each with its members' recipes and the expected tree, :class:`FamilyTruth`):
+
+``small`` (the default, five checkpoints):
 
 * ``base`` — the "original" model;
 * ``finetune`` — ``base`` plus small weight noise (a light fine-tune);
 * ``merge`` — the 50/50 weighted sum of ``base`` and ``unrelated`` (UNet and text encoder);
 * ``unrelated``, ``unrelated-2`` — independent models.
 
-All five share one VAE, as most SD 1.x models share the original one. They are written as
+``full`` (13 checkpoints): ``base`` stored fp32 with an EMA copy of its UNet, its fp16 copy and its
+EMA-pruned copy (same weights); the chain ``base`` > ``ft1`` > ``ft2``; a second fine-tune ``ft1b``
+and the 50/50 merge ``merge-ft1-ft1b`` of the two fine-tunes (equally related to both, and to
+``base``: the midpoint of two independent perturbations); ``merge-base75-unrel25``,
+``merge-base50-unrel50``, ``merge-base25-unrel75``; the unrelated root ``unrel`` with its
+fine-tune ``unrel-ft``, and a second unrelated root ``unrel2``. ``weight_seed`` draws independent
+families of the same recipe (for calibration over many families).
+
+All members share one VAE, as most SD 1.x models share the original one. They are written as
 single-file ``.safetensors`` checkpoints in the WebUI's layout (original ldm key names), each with a
 ``<name>.yaml`` LDM config beside it, so the WebUI can load them as they are; plus the
 diffusers-layout configuration folder the standalone runner needs. Then the real runner probes them
