@@ -36,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
         pass
     else:
         standalone_commands.register(sub)
+        __import__("cfgsim.weights.commands").weights.commands.register(sub)  # `weights` (issue 11)
     # ``-q`` also after the subcommand (``cfgsim compare -q …``); SUPPRESS keeps a ``-q`` given before it.
     for subparser in sub.choices.values():
         subparser.add_argument(
