@@ -298,6 +298,7 @@ PER_IMAGE_KEYS = frozenset(
         "Compared",
         "Compared hashes",
         "Reference",
+        "Lineage",
     }
 )
 

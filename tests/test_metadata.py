@@ -85,8 +85,13 @@ def test_grid_infotext_is_the_probe_plus_what_was_compared(result):
     }.items():
         assert info.params[key] == value
     assert info.params["Compared"] == "model-a, model-b, model-c"
-    assert info.params["Compared hashes"] == ", ".join(item.model_hash for item in result.items)
+    # The sha256 short hash the WebUI's own cells write, not the colliding 8-hex legacy hash.
+    assert info.params["Compared hashes"] == ", ".join(item.sha256[:10] for item in result.items)
     assert 'Compared: "model-a, model-b, model-c"' in text
+    # PNG Info's one-line lineage summary; the spec read back leaves it out.
+    assert info.params["Lineage"].startswith("SSIM, 1 seed: ")  # seed 42 is incomplete (a failed cell)
+    assert all(f"{label}→" in info.params["Lineage"] for label in result.labels)
+    assert "Lineage" not in dict(ProbeSpec.from_infotext(info).extra)
 
 
 def test_grid_infotext_reads_back_to_the_spec(result):

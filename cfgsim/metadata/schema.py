@@ -28,13 +28,15 @@ class MetadataError(InputError):
 
 
 def _hash_text(item: Any) -> str:
-    return item.model_hash or (item.sha256[:10] if item.sha256 else "") or "unknown"
+    # The sha256-based short hash the WebUI's cells write; the legacy 8-hex hash (64 KiB at 1 MiB)
+    # collides (every file under 1 MiB gets e3b0c442), so it is used only where no sha256 is known.
+    return (item.sha256[:10] if item.sha256 else "") or item.model_hash or "unknown"
 
 
 def grid_infotext(result: ProbeResult) -> str:
     """The grid's WebUI ``parameters``: the probe spec plus the compared items and the reference.
 
-    ``Compared``/``Compared hashes``/``Reference`` are per-grid keys that
+    ``Compared``/``Compared hashes``/``Reference``/``Lineage`` are per-grid keys that
     :meth:`cfgsim.spec.ProbeSpec.from_infotext` leaves out of the spec, so the infotext reads back
     to the same spec (and "Send to txt2img" restores the probe settings).
     """
@@ -45,6 +47,11 @@ def grid_infotext(result: ProbeResult) -> str:
             extra["Compared hashes"] = ", ".join(_hash_text(item) for item in result.items)
     if result.reference.kind in ("item", "image") and result.reference.label:
         extra["Reference"] = result.reference.label
+    if result.lineage is not None and result.lineage.summary():
+        # One line for PNG Info: each item's nearest relative and band (the JSON has the rest).
+        seeds = len(result.lineage.rows_used)
+        head = f"{result.lineage.metric.upper()}, {seeds} seed{'s' if seeds != 1 else ''}"
+        extra["Lineage"] = f"{head}: {result.lineage.summary()}"
     return str(result.spec.to_infotext(extra=extra))
 
 
