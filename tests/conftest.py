@@ -817,3 +817,9 @@ def webui(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[..., Fake
 def p(tmp_path: Path) -> Processing:
     """A txt2img ``p`` holding everything a user could have set that the probe must override."""
     return Processing(outpath_grids=str(tmp_path / "grids"), outpath_samples=str(tmp_path / "samples"))
+
+
+@pytest.fixture(autouse=True)
+def _private_hash_cache(tmp_path_factory, monkeypatch):
+    """Checkpoint hashes are cached in the user's cache folder: tests use a folder of their own."""
+    monkeypatch.setenv("CFGSIM_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cfgsim-cache"))

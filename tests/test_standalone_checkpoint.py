@@ -215,3 +215,23 @@ def test_describe_checkpoint(tmp_path):
     assert checkpoint.model_hash == legacy_model_hash(path) and len(checkpoint.model_hash) == 8
     assert checkpoint.sha256 == file_sha256(path)
     assert Path(checkpoint.file) == path.resolve()
+
+
+def test_describe_reads_a_file_once_for_both_hashes_and_not_again_while_unchanged(tmp_path, monkeypatch):
+    import cfgsim.host
+    from cfgsim.host import HashCache
+
+    path = tmp_path / "m.safetensors"
+    data = os.urandom(0x120000)
+    path.write_bytes(data)
+    calls = []
+    real = cfgsim.host.file_hashes
+    monkeypatch.setattr(cfgsim.host, "file_hashes", lambda p, *a, **k: calls.append(p) or real(p, *a, **k))
+    cache = HashCache(tmp_path / "hashes.json")
+    first = describe_checkpoint(path, hash_cache=cache)
+    again = describe_checkpoint(path, hash_cache=HashCache(tmp_path / "hashes.json"))  # a later run
+    assert len(calls) == 1
+    assert first.sha256 == again.sha256 == hashlib.sha256(data).hexdigest()
+    assert first.model_hash == hashlib.sha256(data[0x100000:0x110000]).hexdigest()[:8]
+    path.write_bytes(data[:-1] + b"x")  # changed: hashed again
+    assert describe_checkpoint(path, hash_cache=cache).sha256 != first.sha256 and len(calls) == 2

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cfgsim.errors import InputError
-from cfgsim.host import Checkpoint, CheckpointLoadError
+from cfgsim.host import Checkpoint, CheckpointLoadError, HashCache
 
 if TYPE_CHECKING:
     import torch
@@ -188,13 +188,23 @@ def read_shapes(path: str | os.PathLike[str]) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in state.items() if hasattr(v, "shape")}
 
 
-def describe_checkpoint(path: str | os.PathLike[str], *, full_hash: bool = True) -> Checkpoint:
+def describe_checkpoint(
+    path: str | os.PathLike[str], *, full_hash: bool = True, hash_cache: HashCache | None = None
+) -> Checkpoint:
     """A :class:`Checkpoint` for a file: label = file stem, both hashes, architecture from its keys.
 
+    Both hashes come from one read of the file, cached by path + size + mtime
+    (:class:`cfgsim.host.HashCache`, by default in the user's cache folder), so an unchanged
+    multi-GB checkpoint is not read again on the next run. ``full_hash=False``: the legacy hash only.
     A file whose content cannot be read is still described (architecture ``unknown``): the run loop
     then reports the reason on its cells when :meth:`generate` fails to load it.
     """
     p = check_checkpoint_path(path)
+    if full_hash:
+        hashes = (hash_cache if hash_cache is not None else HashCache()).hashes(p)
+        legacy, sha256 = hashes.legacy, hashes.sha256
+    else:
+        legacy, sha256 = legacy_model_hash(p), None
     try:
         architecture = detect_architecture(read_shapes(p))
     except CheckpointLoadError:
@@ -203,8 +213,8 @@ def describe_checkpoint(path: str | os.PathLike[str], *, full_hash: bool = True)
         name=str(p),
         label=p.stem,
         file=str(p.resolve()),
-        model_hash=legacy_model_hash(p),
-        sha256=file_sha256(p) if full_hash else None,
+        model_hash=legacy,
+        sha256=sha256,
         architecture=architecture,
     )
 
