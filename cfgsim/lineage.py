@@ -61,6 +61,9 @@ class Bands:
     close: float
     base: float
     source: str = ""
+    #: Mean similarity from which two items are copies of one model (fp16, pruned, renamed):
+    #: such a copy of the nearest relative is not counted as its rival (the runner-up).
+    copy: float = 0.99
 
     def band(self, value: float) -> str:
         if value >= self.same:
@@ -266,6 +269,7 @@ class Lineage:
                 "same": self.bands.same,
                 "close": self.bands.close,
                 "base": self.bands.base,
+                "copy": self.bands.copy,
                 "source": self.bands.source,
             },
             "relatives": [r.to_dict() for r in self.relatives],
@@ -302,7 +306,9 @@ class Lineage:
             relatives=[Relative.from_dict(r) for r in data.get("relatives", [])],
             bands=None
             if not bands
-            else Bands(bands["same"], bands["close"], bands["base"], bands.get("source", "")),
+            else Bands(
+                bands["same"], bands["close"], bands["base"], bands.get("source", ""), bands.get("copy", 0.99)
+            ),
             notes=[str(n) for n in data.get("notes", [])],
         )
 
@@ -619,7 +625,7 @@ def _relative(  # noqa: PLR0917 (the arrays of one analysis, passed through)
     rel.support = None if clade is None else clade.support
     # Copies of B (the same model under another name: fp16, pruned, renamed) are not B's rivals:
     # the runner-up is the best candidate that is not a copy of B.
-    copies = [j for j in others[1:] if bands is not None and mean[b, j] >= bands.same]
+    copies = [j for j in others[1:] if bands is not None and mean[b, j] >= bands.copy]
     rel.copies = [labels[j] for j in copies]
     rivals = [j for j in others[1:] if j not in copies]
     if rivals:
