@@ -112,6 +112,8 @@ def calibrate(
         null_p += null
         alt_p += alt
         raws.append(raw)
+        if save is not None and done % 10 == 0:  # a run cut short still leaves its families
+            _save(save, seeds, raws)
         elapsed = time.perf_counter() - started
         fpr = np.mean(np.array(null_p) < alpha)
         print(
@@ -123,9 +125,7 @@ def calibrate(
         pool.close()
         pool.join()
     if save is not None:  # every family's per-seed matrices, to recompute any statistic later
-        import json
-
-        save.write_text(json.dumps({"seeds": seeds, "families": raws}), encoding="utf-8")
+        _save(save, seeds, raws)
     null = np.array(null_p)
     alt = np.array(alt_p)
     fpr = float(np.mean(null < alpha))
@@ -139,6 +139,12 @@ def calibrate(
         "alt_tests": len(alt),
         "seconds_in_all": time.perf_counter() - started,
     }
+
+
+def _save(path: Path, seeds: str, raws: list[dict]) -> None:
+    import json
+
+    path.write_text(json.dumps({"seeds": seeds, "families": raws}), encoding="utf-8")
 
 
 def _single_thread() -> None:
