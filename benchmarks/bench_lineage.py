@@ -68,7 +68,7 @@ def _one_family(job: tuple[int, str, str, str]) -> tuple[list[float], list[float
     k, seeds, work, device = job
     result, _ = run_demo(
         Path(work) / f"cal{k}", family=CALIBRATION, weight_seed=k + 1, seeds=seeds, reduced=True,
-        quiet=True, write=False, device=device,
+        quiet=True, write=False, device=device, batch_size=8,
     )  # fmt: skip
     null = [
         sign_flip_test(per_seed(result, a, b) - per_seed(result, a, c), rng_seed=k)

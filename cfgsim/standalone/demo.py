@@ -789,8 +789,11 @@ def probe_family(
     rng: str = "cpu",
     quiet: bool = False,
     metrics: Sequence[str] = ("ssim",),
+    batch_size: int | None = None,
 ) -> ProbeResult:
-    """Probe a built family with the real standalone runner, scored against the family's reference."""
+    """Probe a built family with the real standalone runner, scored against the family's reference.
+
+    ``batch_size``: seeds per batch (default: the host's, 1 on the CPU)."""
     from cfgsim.compare import build_metrics
     from cfgsim.probe import run_probe
     from cfgsim.result import Reference
@@ -798,7 +801,12 @@ def probe_family(
     from cfgsim.standalone.host import StandaloneHost
 
     host = StandaloneHost(
-        family.checkpoints, config_dir=family.config_dir, device=device, rng=rng, quiet=quiet
+        family.checkpoints,
+        config_dir=family.config_dir,
+        device=device,
+        rng=rng,
+        quiet=quiet,
+        batch_size=batch_size,
     )
     reference = family.spec.reference
     return run_probe(
@@ -825,6 +833,7 @@ def run_demo(
     rng: str = "cpu",
     quiet: bool = False,
     write: bool = True,
+    batch_size: int | None = None,
 ) -> tuple[ProbeResult, dict[str, Path]]:
     """Build a family in ``out_dir``, probe it against its reference (``base``) and write grid,
     heatmaps and metadata (``write=False``: only return the result).
@@ -841,6 +850,6 @@ def run_demo(
 
     spec = demo_spec(steps=steps, seeds=seeds, size=size, reduced=reduced)
     built = build_family(out_dir, family=family, weight_seed=weight_seed)
-    result = probe_family(built, spec, device=device, rng=rng, quiet=quiet)
+    result = probe_family(built, spec, device=device, rng=rng, quiet=quiet, batch_size=batch_size)
     written = write_outputs(result, out_dir) if write else {}
     return result, written
