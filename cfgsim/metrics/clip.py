@@ -26,9 +26,11 @@ the GPU memory) to the first :meth:`ClipMetric.prepare` — after the probe imag
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import pickle
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -110,6 +112,62 @@ def load_weights_file(path: str) -> dict[str, Any]:
     if next(iter(data)).startswith("module."):
         data = {k[len("module.") :]: v for k, v in data.items()}
     return data
+
+
+def _hub_host() -> str:
+    try:
+        from huggingface_hub import constants
+
+        endpoint = str(getattr(constants, "ENDPOINT", "") or "https://huggingface.co")
+    except ImportError:
+        endpoint = "https://huggingface.co"
+    return endpoint.split("://", 1)[-1].split("/", 1)[0] or "huggingface.co"
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the model hub answers a TCP connection within ``timeout`` seconds (a name that does
+    not resolve fails at once). Honours ``HF_HUB_OFFLINE``/``HF_ENDPOINT``."""
+    import socket
+
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return False
+    host, _, port = _hub_host().partition(":")
+    try:
+        socket.create_connection((host, int(port or 443)), timeout=timeout).close()
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def _hub_offline(offline: bool) -> Iterator[None]:
+    """huggingface_hub reads its offline switch at call time: set it while loading without network,
+    so a weights file that is not in the cache fails at once instead of after its retries."""
+    try:
+        from huggingface_hub import constants
+    except ImportError:
+        yield
+        return
+    before = getattr(constants, "HF_HUB_OFFLINE", False)
+    if offline:
+        constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = before
+
+
+@contextlib.contextmanager
+def _quiet_root_errors() -> Iterator[None]:
+    """open_clip logs a failed download on the root logger before raising it; the raised error
+    (turned into one clear message) is enough."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
 
 
 def _looks_like_path(pretrained: str) -> bool:
@@ -241,9 +299,22 @@ class ClipMetric(Metric):
                     ) from None
                 model = model.to(device)
             else:
-                model, _, preprocess = open_clip.create_model_and_transforms(
-                    self.model_name, pretrained=pretrained, device=device
-                )
+                offline = not hub_reachable()
+                try:
+                    with _hub_offline(offline), _quiet_root_errors():
+                        model, _, preprocess = open_clip.create_model_and_transforms(
+                            self.model_name, pretrained=pretrained, device=device
+                        )
+                except Exception:
+                    if offline:
+                        # One message, at once: the hub's download retries would take a minute and
+                        # print the same error three times to say the same thing.
+                        raise ModelLoadError(
+                            f"clip: the weights {pretrained!r} of open_clip model {self.model_name!r} are "
+                            f"not in the local cache and {_hub_host()} cannot be reached (no network); "
+                            f"{_HOW_TO_PROVIDE}"
+                        ) from None
+                    raise
         except ModelLoadError:
             raise
         except Exception as exc:  # open_clip raises RuntimeError, OSError, HTTP errors
