@@ -728,3 +728,14 @@ def test_ssim_plan_fits_the_budget_and_caps_workers() -> None:
     assert band == 16 and workers < 8  # the smallest band, then fewer workers
     # A small image is one band.
     assert SsimMetric().plan(4, (3, 64, 64))[1] == 58
+
+
+def test_ssim_helper_is_banded_too(monkeypatch) -> None:
+    a, b = smooth_image(1, 384, 256), smooth_image(2, 384, 256)
+    expected = sk_ssim(a, b)
+    monkeypatch.setattr(SsimMetric, "memory_budget", 3 * 2**20)  # whole-image statistics: 5.3 MB
+    value, peak = _traced_peak(lambda: ssim(a, b, channel_axis=2))
+    assert value == pytest.approx(expected, abs=SKIMAGE_TOLERANCE)
+    assert peak <= 3 * 2**20
+    grey = a[..., 0].astype(np.float64)
+    assert ssim(grey, grey, data_range=255) == 1.0

@@ -343,7 +343,9 @@ def ssim(
         As in scikit-image (0.01, 0.03, N − 1 normalisation).
     full : bool
         Also return the per-pixel SSIM map (shape of the input, float), with borders computed on a
-        symmetrically reflected image as scikit-image does. The mean excludes that border.
+        symmetrically reflected image as scikit-image does. The mean excludes that border. (The
+        map is computed on whole images: it needs memory in proportion to them; the mean alone is
+        computed in bands.)
 
     Returns
     -------
@@ -382,7 +384,12 @@ def ssim(
     if im1.dtype != np.uint8 or im2.dtype != np.uint8:
         ch1, ch2 = ch1.astype(np.float64), ch2.astype(np.float64)
     if not full:
-        return _pair_score(_prepare(ch1, params), _prepare(ch2, params))
+        # Band by band, as SsimMetric does: the memory stays bounded whatever the image size.
+        metric = SsimMetric(win_size=int(win_size), workers=1)
+        metric._params = params
+        return metric.score(
+            SsimImage(np.moveaxis(ch1, 0, 2), params), SsimImage(np.moveaxis(ch2, 0, 2), params)
+        )
 
     pad = (win_size - 1) // 2
     widths = ((0, 0), (pad, pad), (pad, pad))
