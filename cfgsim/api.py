@@ -87,6 +87,7 @@ def compare_images(
     reference: int | str | ImageLike | None = None,
     alpha: float = _lineage.DEFAULT_ALPHA,
     replicates: int = _lineage.DEFAULT_REPLICATES,
+    margin: float = _lineage.DEFAULT_MARGIN,
 ) -> ProbeResult:
     """Compare images and return the full result (scores, lineage verdict, tree).
 
@@ -166,7 +167,7 @@ def compare_images(
         host="python",
     )
     result.environment["spec"] = "not known: images given from Python"
-    return compare(result, metric_objs, alpha=alpha, replicates=replicates)
+    return compare(result, metric_objs, alpha=alpha, replicates=replicates, margin=margin)
 
 
 def probe_checkpoints(
@@ -180,6 +181,7 @@ def probe_checkpoints(
     rng: str = "cpu",
     alpha: float = _lineage.DEFAULT_ALPHA,
     replicates: int = _lineage.DEFAULT_REPLICATES,
+    margin: float = _lineage.DEFAULT_MARGIN,
 ) -> ProbeResult:
     """Probe SD 1.x single-file checkpoints with the standalone runner and compare the images.
 
@@ -216,7 +218,7 @@ def probe_checkpoints(
         spec,
         metrics=build_metrics(metrics),
         reference=ref,
-        lineage_options={"alpha": alpha, "replicates": replicates},
+        lineage_options={"alpha": alpha, "replicates": replicates, "margin": margin},
     )
 
 

@@ -56,6 +56,7 @@ def compare(
     progress: Callable[[Sequence], Iterable] | None = None,
     alpha: float = lineage.DEFAULT_ALPHA,
     replicates: int = lineage.DEFAULT_REPLICATES,
+    margin: float = lineage.DEFAULT_MARGIN,
 ) -> ProbeResult:
     """Fill ``result.scores`` (one :class:`MetricScores` per metric) from the result's cell images.
 
@@ -120,7 +121,7 @@ def compare(
             vs_reference=vs_reference,
         )
     result.scores = scores
-    result.lineage = lineage.analyse(result, alpha=alpha, replicates=replicates)
+    result.lineage = lineage.analyse(result, alpha=alpha, replicates=replicates, margin=margin)
     return result
 
 

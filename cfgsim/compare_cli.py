@@ -95,6 +95,13 @@ def add_comparison_options(p: argparse.ArgumentParser, *, reference_help: str, i
         help="significance level of the nearest-relative test (default %(default)s)",
     )
     p.add_argument(
+        "--margin",
+        type=float,
+        default=lineage.DEFAULT_MARGIN,
+        help="the runner-up must be this many times as far as the nearest relative for the nearest "
+        "to count as decided (default %(default)s, calibrated: see the README)",
+    )
+    p.add_argument(
         "--replicates",
         type=int,
         default=lineage.DEFAULT_REPLICATES,
@@ -117,7 +124,14 @@ def lineage_options(args: argparse.Namespace) -> dict[str, object]:
     replicates = getattr(args, "replicates", lineage.DEFAULT_REPLICATES)
     if replicates < 200:
         raise InputError(f"--replicates {replicates}: clade support needs at least 200 bootstrap trees")
-    return {"alpha": getattr(args, "alpha", lineage.DEFAULT_ALPHA), "replicates": replicates}
+    margin = getattr(args, "margin", lineage.DEFAULT_MARGIN)
+    if not margin >= 1:
+        raise InputError(f"--margin {margin}: must be 1 or more (1 = nearer at all)")
+    return {
+        "alpha": getattr(args, "alpha", lineage.DEFAULT_ALPHA),
+        "replicates": replicates,
+        "margin": margin,
+    }
 
 
 def reference_from_args(

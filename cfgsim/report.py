@@ -295,9 +295,9 @@ def lineage_section(result: ProbeResult) -> str:
         return ""
     seeds = len(lin.rows_used)
     caption = (
-        f"Lineage verdict ({lin.metric.upper()}, {_plural(seeds, 'seed')}; nearest relative tested "
-        f"against the runner-up with a paired sign-flip test at {lin.alpha:g}; support from "
-        f"{lin.replicates} seed-bootstrap trees)"
+        f"Lineage verdict ({lin.metric.upper()}, {_plural(seeds, 'seed')}; the nearest relative is "
+        f"decided when the runner-up is clearly more than {lin.margin:g}x as far (sign-flip test over "
+        f"the seeds at {lin.alpha:g}); support from {lin.replicates} seed-bootstrap trees)"
     )
     titles = [
         ("Checkpoint", ""),
@@ -305,7 +305,7 @@ def lineage_section(result: ProbeResult) -> str:
         ("Similarity", "Mean similarity to the nearest relative over the seeds"),
         ("95% CI", "Bootstrap confidence interval of that mean, resampling seeds"),
         ("Runner-up", "The next most similar checkpoint (copies of the nearest left out)"),
-        ("p", "Two-sided paired sign-flip test: is the nearest really nearer than the runner-up?"),
+        ("p", "Paired sign-flip test over the seeds: is the runner-up clearly farther than the margin?"),
         ("Seeds won", "Seeds on which the nearest beat the runner-up"),
         ("Support", "% of seed-bootstrap trees holding the smallest clade with both"),
         ("Verdict", "Bands are guides from measured data, not proof (README: Verdict bands)"),

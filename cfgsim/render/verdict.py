@@ -75,7 +75,8 @@ def _header(lineage: Lineage) -> str:
     seeds = len(lineage.rows_used)
     return (
         f"Lineage ({lineage.metric.upper()}, {seeds} seed{'s' if seeds != 1 else ''}, "
-        f"paired sign-flip test at {lineage.alpha:g}, {lineage.replicates} bootstrap trees):"
+        f"nearest vs runner-up: sign-flip test at {lineage.alpha:g} with a {lineage.margin:g}x distance "
+        f"margin, {lineage.replicates} bootstrap trees):"
     )
 
 
