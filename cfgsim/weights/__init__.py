@@ -158,15 +158,9 @@ def _recipes(
                 f"({', '.join(missing)} has no comparable {COMPONENT_NAMES[component]})"
             )
             continue
-        use_delta = (
-            report.base is not None
-            and report.base not in (target, *usable)
-            and gp.comparable(target, report.base, component)
-            and all(gp.comparable(c, report.base, component) for c in usable)
-        )
-        source = gp.delta if use_delta else gp.gram
-        blocks = [b for b in gp.component_blocks(component) if b in source]
-        grams = {b: source[b] for b in blocks}
+        # Differences from the group's anchor: the same recipes (they are affine), better conditioned.
+        blocks = [b for b in gp.component_blocks(component) if b in gp.anchored]
+        grams = {b: gp.anchored[b] for b in blocks}
         norms = {b: float(max(gp.gram[b][target, target], 0.0)) ** 0.5 for b in blocks}
         if search:
             out.append(rc.search(grams, norms, target, usable, component, required=required))

@@ -1,16 +1,15 @@
 """One streaming pass over N checkpoints: per-block Gram matrices and component fingerprints.
 
 For every tensor name, the same rows are read from every file that has it (a slice at a time, so
-memory is bounded by the slice budget, not by N × the model size), and the N×N matrix of dot
-products is added to that tensor's block. From the Gram matrix G of a block, every pair's cosine
-``G_ab / sqrt(G_aa G_bb)`` and distance ``||a − b||² = G_aa + G_bb − 2 G_ab`` follow, and so does a
-merge recipe (:mod:`cfgsim.weights.recipe`): all pairs cost one read of each file.
+memory is bounded by the slice budget, not by N × the model size), and the N×N matrix of inner
+products is added to that tensor's block. From a block's matrices every pair's cosine and distance
+follow, and so does a merge recipe (:mod:`cfgsim.weights.recipe`): all pairs cost one read of each file.
 
-Precision: each slice is converted to float32 and split into sub-chunks of :data:`SUB` values,
-whose dot products (float32, BLAS) are summed in float64 — the relative error of a block's Gram
-entry stays near float32's unit roundoff (≈ 6e-8) however large the block. With ``base`` given the
-Gram of the differences from the base is accumulated as well, from the differences themselves
-(no cancellation), which is what separates two fine-tunes of one base.
+What is accumulated is the Gram matrix of [x₀, x₁ − x₀, …] with x₀ the group's anchor (the base
+when given, else the first file): the plain inner products follow from it, and so do the inner
+products of the differences from x₀, in which related models' small differences are not swamped
+by their large common part. Each slice is converted to float32 and split into sub-chunks of
+:data:`SUB` values whose products (float32, one batched BLAS call) are summed in float64.
 
 Fingerprints: per component, sha256 over (canonical name, canonical shape, CRC-32 of the values
 rounded to float16) in name order — the same for fp32 / fp16 copies, any key layout, EMA pruned
@@ -33,24 +32,32 @@ import numpy as np
 from cfgsim.weights.keys import COMPONENTS, FLOAT_DTYPES, Entry
 from cfgsim.weights.source import REOPEN_BYTES, Source
 
-#: Values per sub-chunk whose dot product is taken in float32 before the float64 sum.
-SUB = 4096
+#: Values per sub-chunk whose dot products are taken in float32 (BLAS) before the float64 sum.
+SUB = 65536
 #: Working memory of the pass (slices of all files, their float32 copies, the differences).
 DEFAULT_BUDGET = 192 * 1024 * 1024
-_BYTES_PER_VALUE = 14  # stored (≤ 4) + float32 copy (4) + difference (4) + float16 for the CRC (2)
+_BYTES_PER_VALUE = 10  # stored (≤ 4) + float32 copy (4) + float16 for the CRC (2)
 
 Progress = Callable[[int, int, str], None]
 
 
 @dataclass
 class GramPass:
-    """What one pass produced. Indices refer to the sources in the order given."""
+    """What one pass produced. Indices refer to the sources in the order given.
+
+    Per block two N×N matrices (NaN where a pair was not compared): ``gram``, the plain inner
+    products ⟨a, b⟩, and ``anchored``, the inner products of the differences from the group's
+    anchor (the base when given, else the group's first file): ⟨a − o, b − o⟩. Distances and
+    recipes come from ``anchored`` — they are the same from any origin, and differences of related
+    models are small, so nothing large cancels; norms come from ``gram``.
+    """
 
     labels: list[str]
     blocks: dict[str, str] = field(default_factory=dict)  # block → component, in model order
-    gram: dict[str, np.ndarray] = field(default_factory=dict)  # block → N×N (NaN: not compared)
-    delta: dict[str, np.ndarray] = field(default_factory=dict)  # block → N×N of differences from base
+    gram: dict[str, np.ndarray] = field(default_factory=dict)
+    anchored: dict[str, np.ndarray] = field(default_factory=dict)
     base: int | None = None
+    anchors: dict[tuple[str, int], int] = field(default_factory=dict)  # (component, group) → item
     fingerprint: dict[tuple[int, str], str] = field(default_factory=dict)  # (item, component) → hex
     exact: dict[tuple[int, str], str] = field(default_factory=dict)
     group: dict[tuple[int, str], int] = field(default_factory=dict)  # same number: comparable
@@ -61,11 +68,38 @@ class GramPass:
     def component_blocks(self, component: str) -> list[str]:
         return [b for b, c in self.blocks.items() if c == component]
 
-    def component_gram(self, component: str, *, delta: bool = False) -> np.ndarray | None:
-        """The sum of a component's block Grams (NaN where the pair was not compared)."""
-        source = self.delta if delta else self.gram
-        mats = [source[b] for b in self.component_blocks(component) if b in source]
+    def _sum(self, source: dict[str, np.ndarray], blocks: Sequence[str]) -> np.ndarray | None:
+        mats = [source[b] for b in blocks if b in source]
         return None if not mats else np.sum(mats, axis=0)
+
+    def component_gram(self, component: str, *, anchored: bool = False) -> np.ndarray | None:
+        """The sum of a component's block matrices (NaN where the pair was not compared)."""
+        return self._sum(self.anchored if anchored else self.gram, self.component_blocks(component))
+
+    def stats(self, blocks: Sequence[str], *, delta: bool = False) -> tuple[np.ndarray, np.ndarray] | None:
+        """(cosine, relative L2) N×N over ``blocks`` together; ``delta``: of the differences from the base."""
+        if delta:
+            k = self._sum(self.delta_blocks(), blocks)
+            return None if k is None else (cosine(k), relative_l2(k, k))
+        g, k = self._sum(self.gram, blocks), self._sum(self.anchored, blocks)
+        return None if g is None or k is None else (cosine(g, k), relative_l2(g, k))
+
+    def delta_blocks(self) -> dict[str, np.ndarray]:
+        """Per block, the inner products of the differences from the base (NaN outside its groups)."""
+        if self.base is None:
+            return {}
+        out = {}
+        for block, k in self.anchored.items():
+            component = self.blocks[block]
+            keep = np.array(
+                [
+                    self.anchors.get((component, self.group.get((i, component), -1))) == self.base
+                    for i in range(len(self.labels))
+                ]
+            )
+            if keep.any():
+                out[block] = np.where(np.outer(keep, keep), k, np.nan)
+        return out
 
     def comparable(self, a: int, b: int, component: str) -> bool:
         ga, gb = self.group.get((a, component)), self.group.get((b, component))
@@ -114,13 +148,31 @@ def gram_pass(
     budget: int = DEFAULT_BUDGET,
     progress: Progress | None = None,
 ) -> GramPass:
-    """Read every file once and return the per-block Gram matrices and the fingerprints.
+    """Read every file once and return the per-block matrices and the fingerprints.
 
     Files are compared per component, and only with files whose component has the same tensors
     (names and shapes): an SD 1.x and an SDXL checkpoint share the VAE and the CLIP ViT-L text
     encoder, not the UNet. ``progress(done_bytes, total_bytes, what)`` is called after each tensor.
     """
     import torch
+
+    # One intra-op thread: the pass is memory-bound and its operations are small; on this project's
+    # shared 2-core machine two threads made it 4-5x slower (OpenMP threads waiting on each other
+    # while other processes hold the cores). torch's setting is process-wide: restored afterwards.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _gram_pass(sources, base=base, budget=budget, progress=progress)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _gram_pass(
+    sources: Sequence[Source], *, base: int | None, budget: int, progress: Progress | None
+) -> GramPass:
+    import torch
+
+    from cfgsim.weights.keys import block_sort_key
 
     started = time.perf_counter()
     n_all = len(sources)
@@ -129,8 +181,6 @@ def gram_pass(
         s.set_reopen_bytes(REOPEN_BYTES // max(1, n_all))
     total = sum(e.numel * FLOAT_DTYPES[e.dtype] for s in sources for e in s.entries.values())
     done = 0
-    from cfgsim.weights.keys import block_sort_key
-
     all_blocks: dict[str, str] = {}
     for component in COMPONENTS:
         groups: dict[str, list[int]] = {}
@@ -139,11 +189,13 @@ def gram_pass(
             if entries:
                 groups.setdefault(_signature(entries), []).append(i)
                 out.dtypes[(i, component)] = s.dtypes(component)
-        for number, idx in enumerate(groups.values()):
+        for number, members in enumerate(groups.values()):
+            # The anchor (the base when it is in the group) goes first: row 0 of every slice.
+            idx = [base] + [i for i in members if i != base] if base in members else members
+            out.anchors[(component, number)] = idx[0]
             for i in idx:
                 out.group[(i, component)] = number
             hashes = {i: (hashlib.sha256(), hashlib.sha256()) for i in idx}
-            b = idx.index(base) if base is not None and base in idx else None
             ix = np.ix_(idx, idx)
             touched: set[str] = set()
             for name_entry in sources[idx[0]].component_entries(component):
@@ -152,14 +204,20 @@ def gram_pass(
                 all_blocks[block] = component
                 if block not in touched:
                     touched.add(block)
-                    for target in (out.gram, out.delta) if b is not None else (out.gram,):
-                        mat = target.setdefault(block, np.full((n_all, n_all), np.nan))
-                        mat[ix] = 0.0
+                    for target in (out.gram, out.anchored):
+                        target.setdefault(block, np.full((n_all, n_all), np.nan))[ix] = 0.0
                 tensor_hashes = [_TensorHash(e.dtype) for e in entries]
-                g, d = _accumulate(sources, idx, entries, tensor_hashes, b, budget, torch)
+                h = _accumulate(sources, idx, entries, tensor_hashes, budget, torch)
+                # h = Gram of [x0, x1 − x0, …]: ⟨xi, xj⟩ = h00 + h0i + h0j + hij (i, j ≥ 1).
+                g = h + h[0:1, :] + h[:, 0:1] + h[0, 0]
+                g[0, :] = h[0, :] + h[0, 0]
+                g[:, 0] = h[:, 0] + h[0, 0]
+                g[0, 0] = h[0, 0]
+                k = h.copy()
+                k[0, :] = 0.0
+                k[:, 0] = 0.0
                 out.gram[block][ix] += g
-                if d is not None:
-                    out.delta[block][ix] += d
+                out.anchored[block][ix] += k
                 for i, e, th in zip(idx, entries, tensor_hashes, strict=True):
                     line = f"{e.name} {e.shape} "
                     hashes[i][0].update(f"{line}{th.crc16:08x}\n".encode())
@@ -178,64 +236,70 @@ def gram_pass(
     return out
 
 
-def _accumulate(sources, idx, entries, hashes, b, budget, torch):  # noqa: PLR0917 (one pass's state)
-    """One tensor's contribution to the Gram (and the delta Gram) of the files ``idx``."""
+def _accumulate(sources, idx, entries, hashes, budget, torch):  # noqa: PLR0917 (one pass's state)
+    """One tensor's Gram matrix of [x0, x1 − x0, …, xn − x0] over the files ``idx`` (x0: the anchor)."""
     n = len(idx)
     first = entries[0]
     rows = first.shape[0] if first.shape else 1
     per_row = max(1, first.numel // max(1, rows))
     values = max(SUB, budget // (_BYTES_PER_VALUE * n))
     step = max(1, values // per_row)
-    g = np.zeros((n, n))
-    d = np.zeros((n, n)) if b is not None else None
+    h = torch.zeros((n, n), dtype=torch.float64)
     for start in range(0, rows, step):
         stop = min(rows, start + step)
         parts = [sources[i].read(e, start, stop) for i, e in zip(idx, entries, strict=True)]
         length = parts[0].numel()
-        for p, e in zip(parts, entries, strict=True):
+        # Layout (sub-chunks, files, values): one batched product gives every sub-chunk's n×n
+        # Gram in float32, summed in float64. (A loop of torch.mm per sub-chunk measured 10x slower.)
+        sub = min(SUB, 1 << max(10, (length - 1).bit_length()))
+        full, tail = divmod(length, sub)
+        y = torch.empty((full + (1 if tail else 0), n, sub), dtype=torch.float32)
+        for row, (p, th, e) in enumerate(zip(parts, hashes, entries, strict=True)):
             if p.numel() != length:
                 raise ValueError(f"{e.name}: {p.numel()} values where {length} were expected")
-        full, tail = divmod(length, SUB)
-        m = full + (1 if tail else 0)
-        y = torch.empty((m, n, SUB), dtype=torch.float32)
-        if tail:
-            y[-1].zero_()
-        for k, (p, th) in enumerate(zip(parts, hashes, strict=True)):
             th.update(p)
             if full:
-                y[:full, k, :].copy_(p[: full * SUB].view(full, SUB))
+                y[:full, row, :].copy_(p[: full * sub].view(full, sub))
             if tail:
-                y[full, k, :tail].copy_(p[full * SUB :])
+                y[full, row, :tail].copy_(p[full * sub :])
         del parts
-        g += torch.bmm(y, y.transpose(1, 2)).sum(0, dtype=torch.float64).numpy()
-        if d is not None:
-            y -= y[:, b : b + 1, :].clone()
-            d += torch.bmm(y, y.transpose(1, 2)).sum(0, dtype=torch.float64).numpy()
-    return g, d
+        if tail:
+            y[full, :, tail:].zero_()
+        if n > 1:
+            y[:, 1:, :] -= y[:, 0:1, :]
+        h += torch.bmm(y, y.transpose(1, 2)).sum(0, dtype=torch.float64)
+    return h.numpy()
 
 
-def cosine(gram: np.ndarray) -> np.ndarray:
-    """Cosine similarity of every pair from a Gram matrix (NaN for a zero vector or a pair not compared)."""
-    diag = np.sqrt(np.clip(np.diag(gram), 0.0, None))
+def cosine(gram: np.ndarray, anchored: np.ndarray | None = None) -> np.ndarray:
+    """Cosine similarity of every pair (NaN for a zero vector or a pair not compared).
+
+    With ``anchored`` (inner products of differences from a common origin) the cosine is taken as
+    1 − (d² − (|a| − |b|)²) / (2|a||b|), d from ``anchored``: near 1 this keeps the precision that
+    ⟨a, b⟩ / (|a||b|) loses to rounding.
+    """
+    norm = np.sqrt(np.clip(np.diag(gram), 0.0, None))
     with np.errstate(divide="ignore", invalid="ignore"):
-        c = gram / np.outer(diag, diag)
+        if anchored is None:
+            c = gram / np.outer(norm, norm)
+        else:
+            d2 = _distance2(anchored)
+            c = 1.0 - (d2 - (norm[:, None] - norm[None, :]) ** 2) / (2.0 * np.outer(norm, norm))
     c[~np.isfinite(c)] = np.nan
     return np.clip(c, -1.0, 1.0)
 
 
-def distance(gram: np.ndarray) -> np.ndarray:
-    """||a − b|| of every pair from a Gram matrix."""
-    diag = np.diag(gram)
-    sq = diag[:, None] + diag[None, :] - 2.0 * gram
-    return np.sqrt(np.clip(sq, 0.0, None))
+def _distance2(anchored: np.ndarray) -> np.ndarray:
+    diag = np.diag(anchored)
+    return np.clip(diag[:, None] + diag[None, :] - 2.0 * anchored, 0.0, None)
 
 
-def relative_l2(gram: np.ndarray) -> np.ndarray:
+def relative_l2(gram: np.ndarray, anchored: np.ndarray) -> np.ndarray:
     """||a − b|| / sqrt((||a||² + ||b||²) / 2): 0 = identical, √2 for orthogonal weights of equal norm."""
     diag = np.diag(gram)
     denom = np.sqrt(np.clip((diag[:, None] + diag[None, :]) / 2.0, 0.0, None))
     with np.errstate(divide="ignore", invalid="ignore"):
-        r = distance(gram) / denom
+        r = np.sqrt(_distance2(anchored)) / denom
     r[~np.isfinite(r)] = np.nan
     return r
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cfgsim.weights.gram import GramPass, cosine, relative_l2
+from cfgsim.weights.gram import GramPass
 from cfgsim.weights.keys import COMPONENT_NAMES, COMPONENTS
 from cfgsim.weights.source import Source
 
@@ -89,10 +89,10 @@ def identities(
     """The verdict on every compared pair and component (see the module docstring)."""
     out = []
     for component in COMPONENTS:
-        gram = gp.component_gram(component)
-        if gram is None:
+        stats = gp.stats(gp.component_blocks(component))
+        if stats is None:
             continue
-        cos, rel = cosine(gram), relative_l2(gram)
+        cos, rel = stats
         n = len(sources)
         for a in range(n):
             for b in range(a + 1, n):

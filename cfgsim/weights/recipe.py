@@ -184,7 +184,10 @@ def weighted_sum(gram: np.ndarray, target: int, parents: Sequence[int], norm: fl
     k = len(parents)
     nearest = _nearest(vec)
     if nearest[1] <= COPY_DISTANCE * norm:
-        return Fit(COPY, [parents[nearest[0]]], [1.0], nearest[1] / norm if norm > 0 else 0.0, 0.0, True)
+        # Several parents may carry the same weights (one VAE): the first in the given order names it.
+        d = np.linalg.norm(vec[1:] - vec[0], axis=1)
+        first = int(np.flatnonzero(d <= COPY_DISTANCE * norm)[0])
+        return Fit(COPY, [parents[first]], [1.0], float(d[first]) / norm if norm > 0 else 0.0, 0.0, True)
     scale = max(float(t @ t), 1e-300)
 
     def objective(w: np.ndarray) -> tuple[float, np.ndarray]:
@@ -333,6 +336,7 @@ def search(
     candidates = [c for c in candidates if c != target]
     if not candidates:
         raise ValueError("no candidate parents")
+    candidates = [c for c in required if c in candidates] + [c for c in candidates if c not in required]
     total = np.sum(list(grams.values()), axis=0)
     norm = math.sqrt(sum(v**2 for v in norms.values()))
     best: Recipe | None = None

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from cfgsim.weights.gram import GramPass, cosine, relative_l2
+from cfgsim.weights.gram import GramPass
 from cfgsim.weights.identity import Identity, group_lines
 from cfgsim.weights.keys import COMPONENT_NAMES, COMPONENTS
 from cfgsim.weights.recipe import Recipe
@@ -96,40 +96,31 @@ class WeightsReport:
     # -- numbers ----------------------------------------------------------------------------------
 
     def components(self) -> list[str]:
-        return [c for c in COMPONENTS if self.gram.component_gram(c) is not None]
+        return [c for c in COMPONENTS if self.gram.component_blocks(c)]
 
     def matrix(self, component: str, *, kind: str = "cosine", delta: bool = False) -> np.ndarray:
         """The items' N×N cosine (or ``kind="relative_l2"``) matrix of ``component`` (NaN: not compared)."""
-        g = self.gram.component_gram(component, delta=delta)
         n = len(self.items)
-        if g is None:
+        stats = self.gram.stats(self.gram.component_blocks(component), delta=delta)
+        if stats is None:
             return np.full((n, n), np.nan)
-        g = g[np.ix_(self.items, self.items)]
-        return cosine(g) if kind == "cosine" else relative_l2(g)
+        m = stats[0] if kind == "cosine" else stats[1]
+        return m[np.ix_(self.items, self.items)]
 
     def block_profile(self, a: int, b: int, *, kind: str = "cosine", delta: bool = False) -> dict[str, float]:
         """Per-block cosine (or relative L2) of sources ``a`` and ``b``: {block: value}."""
         out = {}
         for block in self.gram.blocks:
-            g = (self.gram.delta if delta else self.gram.gram).get(block)
-            if g is None:
-                continue
-            sub = g[np.ix_([a, b], [a, b])]
-            value = (cosine(sub) if kind == "cosine" else relative_l2(sub))[0, 1]
-            out[block] = float(value)
+            stats = self.gram.stats([block], delta=delta)
+            if stats is not None:
+                out[block] = float((stats[0] if kind == "cosine" else stats[1])[a, b])
         return out
 
     def overall(self, a: int, b: int) -> tuple[float, float]:
         """(cosine, relative L2) of the whole model (every component both files have in common)."""
-        mats = [
-            self.gram.component_gram(c)[np.ix_([a, b], [a, b])]  # type: ignore[index]
-            for c in self.components()
-            if self.gram.comparable(a, b, c)
-        ]
-        if not mats:
-            return math.nan, math.nan
-        g = np.sum(mats, axis=0)
-        return float(cosine(g)[0, 1]), float(relative_l2(g)[0, 1])
+        blocks = [blk for blk, c in self.gram.blocks.items() if self.gram.comparable(a, b, c)]
+        stats = self.gram.stats(blocks) if blocks else None
+        return (math.nan, math.nan) if stats is None else (float(stats[0][a, b]), float(stats[1][a, b]))
 
     # -- the shared result machinery ---------------------------------------------------------------
 
@@ -176,8 +167,6 @@ class WeightsReport:
         scores = {}
         for component in self.components():
             for delta in (False, True) if self.base is not None else (False,):
-                if delta and self.gram.component_gram(component, delta=True) is None:
-                    continue
                 m = self.matrix(component, delta=delta)
                 if np.isfinite(m).sum() - np.isfinite(np.diag(m)).sum() == 0:
                     continue  # no pair compared
