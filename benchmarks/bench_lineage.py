@@ -23,7 +23,7 @@ Prints every figure; the README's "Lineage verdict" section quotes them.
 from __future__ import annotations
 
 import argparse
-import math
+import json
 import sys
 import tempfile
 import time
@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cfgsim.lineage import SAME, analyse, sign_flip_test
+from cfgsim.lineage import DEFAULT_MARGIN, SAME, analyse, sign_flip_test
 from cfgsim.standalone.demo import FamilySpec, FamilyTruth, Member, run_demo
 
 FT = 0.10  # the fine-tunes' weight noise (of each tensor's std)
@@ -54,50 +54,59 @@ CALIBRATION = FamilySpec(
         equally_related=(("base", "base-a", "base-b"), ("unrel", "unrel-a", "unrel-b")),
     ),
 )
-ALTERNATIVES = (("base", "base-light", "base-heavy"),)
 
 
-def per_seed(result, a: str, b: str) -> np.ndarray:
-    labels = result.labels
+# The alternatives: B nearer than C by construction, from clearly (light vs heavy fine-tune) to
+# mildly (the fine-tune noise 0.10 vs 0.15).
+ALTERNATIVES = {
+    "light 0.05 vs heavy 0.15": ("base", "base-light", "base-heavy"),
+    "light 0.05 vs 0.10": ("base", "base-light", "base-a"),
+    "0.10 vs heavy 0.15": ("base", "base-a", "base-heavy"),
+}
+
+
+def distances(family: dict, a: str, b: str) -> np.ndarray:
+    """1 − SSIM of a and b, per seed, from a family's saved matrices."""
+    labels = family["labels"]
     i, j = labels.index(a), labels.index(b)
-    return np.array([m[i, j] for m in result.scores["ssim"].per_row])
+    return np.array([1.0 - np.asarray(m)[i][j] for m in family["ssim"]])
 
 
-def _one_family(job: tuple[int, str, str, str]) -> tuple[list[float], list[float], dict]:
-    """The p-values of one random calibration family, and its per-seed SSIM matrices (a worker)."""
+def plain_p(family: dict, a: str, b: str, c: str) -> float:
+    """The plain paired test: is s(A,B) different from s(A,C) (two-sided, no margin)?"""
+    return sign_flip_test(distances(family, a, c) - distances(family, a, b))
+
+
+def margin_p(family: dict, a: str, b: str, c: str, margin: float) -> float:
+    """The verdict's test: the nearer of B and C (smaller mean distance) against the other, which
+    must be more than ``margin`` times as far (one-sided), as :mod:`cfgsim.lineage` decides."""
+    d_b, d_c = distances(family, a, b), distances(family, a, c)
+    if d_c.mean() < d_b.mean():
+        d_b, d_c = d_c, d_b
+    return sign_flip_test(d_c - margin * d_b, alternative="greater")
+
+
+def _one_family(job: tuple[int, str, str, str]) -> dict:
+    """Probe one random calibration family; its per-seed SSIM matrices (runs in a worker)."""
+    import shutil
+
     k, seeds, work, device = job
     result, _ = run_demo(
         Path(work) / f"cal{k}", family=CALIBRATION, weight_seed=k + 1, seeds=seeds, reduced=True,
         quiet=True, write=False, device=device, batch_size=8,
     )  # fmt: skip
-    null = [
-        sign_flip_test(per_seed(result, a, b) - per_seed(result, a, c), rng_seed=k)
-        for a, b, c in CALIBRATION.truth.equally_related
-    ]
-    alt = [
-        sign_flip_test(per_seed(result, a, b) - per_seed(result, a, c), rng_seed=k)
-        for a, b, c in ALTERNATIVES
-    ]
-    import shutil
-
     shutil.rmtree(Path(work) / f"cal{k}", ignore_errors=True)
-    raw = {"family": k, "labels": result.labels, "rows": result.rows,
-           "ssim": [m.tolist() for m in result.scores["ssim"].per_row]}  # fmt: skip
-    return null, alt, raw
+    return {
+        "family": k,
+        "labels": result.labels,
+        "rows": result.rows,
+        "ssim": [m.tolist() for m in result.scores["ssim"].per_row],
+    }
 
 
-def calibrate(
-    families: int,
-    seeds: str,
-    alpha: float,
-    work: Path,
-    *,
-    device: str = "cpu",
-    workers: int = 1,
-    save: Path | None = None,
-) -> dict[str, float]:
-    null_p: list[float] = []
-    alt_p: list[float] = []
+def probe_families(
+    families: int, seeds: str, work: Path, *, device: str = "cpu", workers: int = 1, save: Path | None = None
+) -> list[dict]:
     started = time.perf_counter()
     jobs = [(k, seeds, str(work), device) for k in range(families)]
     if workers > 1:
@@ -108,42 +117,65 @@ def calibrate(
     else:
         pool, results = None, map(_one_family, jobs)
     raws = []
-    for done, (null, alt, raw) in enumerate(results, start=1):
-        null_p += null
-        alt_p += alt
+    for done, raw in enumerate(results, start=1):
         raws.append(raw)
+        print(f"family {done}/{families}: {time.perf_counter() - started:.0f} s", flush=True)
         if save is not None and done % 10 == 0:  # a run cut short still leaves its families
             _save(save, seeds, raws)
-        elapsed = time.perf_counter() - started
-        fpr = np.mean(np.array(null_p) < alpha)
-        print(
-            f"family {done}/{families}: {elapsed:.0f} s; false positives so far {fpr:.3f} "
-            f"({len(null_p)} null tests)",
-            flush=True,
-        )
     if pool is not None:
         pool.close()
         pool.join()
-    if save is not None:  # every family's per-seed matrices, to recompute any statistic later
+    if save is not None:
         _save(save, seeds, raws)
-    null = np.array(null_p)
-    alt = np.array(alt_p)
-    fpr = float(np.mean(null < alpha))
-    se = math.sqrt(alpha * (1 - alpha) / len(null))
-    return {
-        "families": families,
-        "null_tests": len(null),
-        "false_positive_rate": fpr,
-        "fpr_standard_error_at_alpha": se,
-        "power": float(np.mean(alt < alpha)),
-        "alt_tests": len(alt),
-        "seconds_in_all": time.perf_counter() - started,
-    }
+    return sorted(raws, key=lambda r: r["family"])
+
+
+def calibration_report(raws: list[dict], alpha: float, margin: float) -> dict[str, object]:
+    """False positives on the null triples and power on the alternatives, plain and with the margin;
+    the margin table on the first half of the families, the held-out rate on the second half."""
+    nulls = CALIBRATION.truth.equally_related
+    out: dict[str, object] = {"families": len(raws), "null tests": len(raws) * len(nulls)}
+    ratios = [
+        max(distances(f, a, b).mean(), distances(f, a, c).mean())
+        / min(distances(f, a, b).mean(), distances(f, a, c).mean())
+        for f in raws
+        for a, b, c in nulls
+    ]
+    out["null distance ratio (median / 95% / max)"] = " / ".join(
+        f"{q:.3f}" for q in np.quantile(ratios, [0.5, 0.95, 1.0])
+    )
+    out["plain test: false-positive rate"] = float(
+        np.mean([plain_p(f, *t) < alpha for f in raws for t in nulls])
+    )
+    out[f"margin {margin:g}: false-positive rate"] = float(
+        np.mean([margin_p(f, *t, margin) < alpha for f in raws for t in nulls])
+    )
+    for name, triple in ALTERNATIVES.items():
+        ratio = np.median(
+            [distances(f, *triple[::2]).mean() / distances(f, *triple[:2]).mean() for f in raws]
+        )
+        out[f"power, {name} (distance ratio {ratio:.2f}): plain / margin"] = (
+            f"{np.mean([plain_p(f, *triple) < alpha for f in raws]):.3f} / "
+            f"{np.mean([margin_p(f, *triple, margin) < alpha for f in raws]):.3f}"
+        )
+    half = len(raws) // 2
+    first, second = raws[:half], raws[half:]
+    table = {}
+    for m in (1.0, 1.1, 1.2, 1.3, 1.4, 1.5, 1.75, 2.0):
+        table[m] = float(np.mean([margin_p(f, *t, m) < alpha for f in first for t in nulls]))
+    out["margin -> false-positive rate, first half"] = {f"{m:g}": round(v, 3) for m, v in table.items()}
+    chosen = min(m for m, v in table.items() if v <= alpha)
+    out["smallest margin with rate <= alpha on the first half"] = chosen
+    out["its rate on the held-out second half"] = float(
+        np.mean([margin_p(f, *t, chosen) < alpha for f in second for t in nulls])
+    )
+    out[f"margin {margin:g} on the held-out second half"] = float(
+        np.mean([margin_p(f, *t, margin) < alpha for f in second for t in nulls])
+    )
+    return out
 
 
 def _save(path: Path, seeds: str, raws: list[dict]) -> None:
-    import json
-
     path.write_text(json.dumps({"seeds": seeds, "families": raws}), encoding="utf-8")
 
 
@@ -223,6 +255,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=1, help="calibration families in parallel")
     parser.add_argument("--out", type=Path, default=None, help="write the accuracy run's grid/tree/JSON here")
     parser.add_argument("--save", type=Path, default=None, help="write the calibration's raw matrices (JSON)")
+    parser.add_argument(
+        "--analyse", type=Path, default=None, help="report on saved raw matrices (no probing)"
+    )
+    parser.add_argument("--margin", type=float, default=DEFAULT_MARGIN)
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="cfgsim-bench-lineage-") as tmp:
         work = Path(tmp)
@@ -239,23 +275,15 @@ def main(argv: list[str] | None = None) -> int:
                 else:
                     print(f"  {key}: {value}")
         if not args.accuracy_only:
-            cal = calibrate(
-                args.families,
-                args.seeds,
-                args.alpha,
-                work,
-                device=args.device,
-                workers=args.workers,
-                save=args.save,
-            )
-            print("calibration of the paired sign-flip test:")
-            for key, value in cal.items():
-                print(f"  {key}: {value:.4g}" if isinstance(value, float) else f"  {key}: {value}")
-            ok = cal["false_positive_rate"] <= args.alpha + 2 * cal["fpr_standard_error_at_alpha"]
-            print(
-                f"  false-positive rate {cal['false_positive_rate']:.3f} at alpha {args.alpha} "
-                f"({'within' if ok else 'ABOVE'} alpha + 2 SE); power {cal['power']:.3f}"
-            )
+            if args.analyse:
+                raws = json.loads(args.analyse.read_text(encoding="utf-8"))["families"]
+            else:
+                raws = probe_families(
+                    args.families, args.seeds, work, device=args.device, workers=args.workers, save=args.save
+                )
+            print(f"calibration of the nearest-relative test (alpha {args.alpha}):")
+            for key, value in calibration_report(raws, args.alpha, args.margin).items():
+                print(f"  {key}: {value}")
     return 0
 
 
