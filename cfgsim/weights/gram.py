@@ -165,6 +165,8 @@ def gram_pass(
         return _gram_pass(sources, base=base, budget=budget, progress=progress)
     finally:
         torch.set_num_threads(threads)
+        for s in sources:  # also when ``progress`` raised to stop the pass (the WebUI's interrupt)
+            s.close()
 
 
 def _gram_pass(
