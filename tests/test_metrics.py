@@ -710,13 +710,14 @@ def test_ssim_matrix_memory_stays_within_the_budget(workers: int) -> None:
     assert peak <= metric.memory_budget
     prepared = metric.prepare(images)
     assert metric.plan(8, (3, 256, 192))[1] < 250  # several bands
-    # Banding changes nothing but rounding: the same matrix as one band, and scikit-image's values.
+    # Banding changes nothing but the order of float32 sums: the same matrix as one band to ~1e-8,
+    # and scikit-image's values.
     whole = SsimMetric(workers=workers).matrix(prepared)
-    np.testing.assert_allclose(matrix, whole, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(matrix, whole, rtol=0, atol=1e-7)
     for i in range(8):
         for j in range(i + 1, 8):
             assert matrix[i, j] == pytest.approx(sk_ssim(images[i], images[j]), abs=SKIMAGE_TOLERANCE)
-    assert metric.score(prepared[2], prepared[5]) == pytest.approx(matrix[2, 5], abs=1e-12)
+    assert metric.score(prepared[2], prepared[5]) == pytest.approx(matrix[2, 5], abs=1e-7)
 
 
 def test_ssim_plan_fits_the_budget_and_caps_workers() -> None:
