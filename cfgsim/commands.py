@@ -38,10 +38,21 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="cut a WebUI X/Y grid image into its cells",
         description="Cut an X/Y plot grid (also a downscaled JPEG copy) into cells, skipping label margins.",
     )
-    s.add_argument("grid", metavar="GRID")
+    s.add_argument("grid", metavar="GRID", help="the grid image (PNG, JPEG or WebP; a resized copy works)")
     s.add_argument("--rows", type=int, default=None, help="rows of cells (optional for a cfgsim grid)")
     s.add_argument("--cols", type=int, default=None, help="columns of cells (optional for a cfgsim grid)")
-    s.add_argument("--out", default=None, metavar="DIR", help="folder for the cells (default: GRID's stem)")
+    s.add_argument(
+        "--out",
+        default=None,
+        metavar="DIR",
+        help="folder for the cells (default: <GRID's stem>-cells beside it)",
+    )
+    s.add_argument(
+        "--by-column",
+        action="store_true",
+        help="a folder per column, a file per row (DIR/<column>/<row>.png): each folder is one item "
+        "for `cfgsim compare DIR/*/`, its rows (seeds) paired by name",
+    )
     s.add_argument("--no-labels", action="store_true", help="the grid has no labels, so no label margins")
     s.add_argument(
         "--margins", metavar="LEFT,TOP", help="the label margins in px instead of searching for them"
@@ -111,14 +122,18 @@ def cmd_split_grid(args: argparse.Namespace) -> int:
     row_names = row_names or [f"r{r + 1}" for r in range(rows)]
     for r, row in enumerate(split.cells):
         for c, cell in enumerate(row):
-            atomic_save_image(cell, out / f"{row_names[r]}-{col_names[c]}.png")
+            if args.by_column:  # a folder per column (item), a file per row (seed): compare's items
+                atomic_save_image(cell, out / col_names[c] / f"{row_names[r]}.png")
+            else:
+                atomic_save_image(cell, out / f"{row_names[r]}-{col_names[c]}.png")
     left, top = split.margins
     w, h = split.cell_size
     print(
         f"{path}: {rows}x{cols} cells of {w}x{h} px, label margins left {left} px, top {top} px "
         f"(from {split.method}, confidence {split.confidence:.2f})"
     )
-    print(f"wrote {rows * cols} cells to {out}")
+    hint = f" (a folder per column: cfgsim compare {out}/*/)" if args.by_column else ""
+    print(f"wrote {rows * cols} cells to {out}{hint}")
     return 0
 
 

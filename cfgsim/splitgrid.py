@@ -280,6 +280,17 @@ def _cut(
     return cells
 
 
+def _layout_axis_values(
+    layout: Mapping[str, Any], n_rows: int, n_cols: int
+) -> tuple[list[str] | None, list[str] | None] | None:
+    """(column labels, row values) as cfgsim drew them, when the layout records them."""
+    columns = layout.get("columns")
+    rows = layout.get("row_values")
+    x = [str(c) for c in columns] if isinstance(columns, list) and len(columns) == n_cols else None
+    y = [str(r) for r in rows] if isinstance(rows, list) and len(rows) == n_rows else None
+    return (x, y) if x or y else None
+
+
 def _split_by_layout(
     image: Image.Image, layout: Mapping[str, Any], rows: int | None, cols: int | None, infotext: str | None
 ) -> SplitResult:
@@ -312,7 +323,8 @@ def _split_by_layout(
         cells=_cut(image.convert("RGB"), grid, size),
         margins=(left, top),
         cell_size=size,
-        axis_values=axis_values_from_infotext(infotext, n_rows, n_cols),
+        axis_values=_layout_axis_values(layout, n_rows, n_cols)
+        or axis_values_from_infotext(infotext, n_rows, n_cols),
         gap=(round(gap_x, 3), round(gap_y, 3)),
         confidence=1.0,
         method="metadata",

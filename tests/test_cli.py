@@ -489,6 +489,9 @@ def test_split_grid_cuts_a_cfgsim_grid_by_its_metadata(images, tmp_path, capsys)
     grid = Image.open(out).convert("RGB")
     written = sorted((tmp_path / "cells").glob("*.png"))
     assert len(written) == 3
-    for box, name in zip(layout["boxes"], ["r1-c1.png", "r1-c2.png", "r1-c3.png"], strict=True):
+    # Cells are named by what cfgsim drew there: the seed and the item (the grid may be in tree order).
+    assert layout["row_values"] == ["1337"] and sorted(layout["columns"]) == ["model-0", "model-1", "model-2"]
+    names = [f"1337-{label}.png" for label in layout["columns"]]
+    for box, name in zip(layout["boxes"], names, strict=True):
         cell = Image.open(tmp_path / "cells" / name).convert("RGB")
         assert cell.tobytes() == grid.crop(tuple(box)).tobytes()

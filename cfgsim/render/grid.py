@@ -265,6 +265,8 @@ def render_grid(
         (cw, ch),
         n_rows,
         n_cols,
+        columns=result.labels,
+        row_values=list(result.rows) if len(result.rows) == n_rows else (),
     )
     result.grid_layout = layout
     canvas.info[GRID_LAYOUT_INFO] = layout
@@ -277,14 +279,20 @@ def grid_layout(
     cell: tuple[int, int],
     rows: int,
     cols: int,
+    *,
+    columns: Sequence[str] = (),
+    row_values: Sequence[object] = (),
 ) -> dict[str, object]:
     """The layout record split-grid cuts by: rows, cols, the image size and each cell's box
-    [x0, y0, x1, y1] in row-major order."""
+    [x0, y0, x1, y1] in row-major order; ``columns`` the item labels as drawn (the grid may be in
+    family-tree order, not the result's) and ``row_values`` the rows' values (seeds)."""
     return {
         "rows": rows,
         "cols": cols,
         "image_size": list(image_size),
         "boxes": [[x, y, x + cell[0], y + cell[1]] for x, y in origins],
+        "columns": list(columns),
+        "row_values": [str(v) for v in row_values],
     }
 
 
