@@ -343,6 +343,10 @@ def test_saved_grid_carries_infotext_and_json(webui, p):
     assert mean[0][1] > mean[0][2]  # base is closer to its fine-tune than to the unrelated model
     result = metadata.read_result(path)
     assert result.labels == ["base", "tuned", "other"]
+    # The grid is drawn in family-tree order; the layout saved with it says so, cell by cell.
+    layout = document["grid_layout"]
+    assert layout["columns"] == [result.items[i].label for i in result.tree_order()]
+    assert len(layout["boxes"]) == 3 and document["lineage"]["tree"].endswith(";")
 
 
 @pytest.mark.parametrize("fmt", ["jpg", "webp"])

@@ -20,6 +20,7 @@ from cfgsim.infotext import Infotext
 from cfgsim.metrics.clip import release_cached_models
 from cfgsim.probe import run_probe
 from cfgsim.render import render_all
+from cfgsim.render.grid import GRID_LAYOUT_INFO
 from cfgsim.result import ProbeResult, Reference
 from cfgsim.spec import SpecChoice
 from cfgsim.webui.context import WebUI
@@ -198,8 +199,10 @@ def run_probe_script(p: Any, values: controls.ProbeArgs, webui: WebUI) -> Any:
 
     rendered = render(result, overlays=values.overlays, style=overlay_style(opts))
     infotext = grid_infotext(result, opts)
-    json_text = metadata.to_json(result)
     grid_image = rendered[0][1]
+    # The grid was drawn from a copy in tree order: its cell boxes travel on the image.
+    layout = grid_image.info.get(GRID_LAYOUT_INFO)
+    json_text = metadata.to_json(result, grid_layout=layout if isinstance(layout, dict) else None)
     if setting(opts, "enable_pnginfo", True):
         grid_image.info["parameters"] = infotext  # what the gallery's download and "Send to" keep
     saved = save_grid(
