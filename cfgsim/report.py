@@ -12,7 +12,7 @@ without the script too (plain tables). The markup uses no ids, so several report
 page.
 
 Colours use one absolute scale per metric, written on each table (``data-cfgsim-low``/``-high``):
-the grid's scale (:func:`cfgsim.grid.score_scale` of the scores it draws) for the scores against
+the grid's scale (:func:`cfgsim.render.score_scale` of the scores it draws) for the scores against
 the reference, the heatmap's for the N×N matrices. Each column stretched from its own minimum to
 maximum would paint 0.166 and 0.186 as opposite ends.
 

@@ -1,7 +1,7 @@
 """The probe's result as plain data: spec, items, cells, scores. Renderers and writers read it.
 
 Nothing here computes a score or draws a pixel: :mod:`cfgsim.compare` fills ``scores``,
-:mod:`cfgsim.grid` draws, :mod:`cfgsim.metadata` writes and reads the JSON form.
+:mod:`cfgsim.render` draws, :mod:`cfgsim.metadata` writes and reads the JSON form.
 """
 
 from __future__ import annotations

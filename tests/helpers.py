@@ -140,7 +140,7 @@ def webui_grid(
     height plus twice the line spacing), black labels centred, font size (w + h) / 25, cells
     ``margin`` px apart. Returns (grid, (left margin, top margin)).
     """
-    from cfgsim.grid import get_font, wrap_text
+    from cfgsim.render import get_font, wrap_text
 
     rows, cols = len(cells), len(cells[0])
     w, h = cells[0][0].size

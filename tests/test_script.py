@@ -377,7 +377,7 @@ def test_gallery_order_and_infotexts(webui, p):
     web = webui()
     processed = run(web, p, ["base", "other"], seeds="1, 2", include_images=True)
     # The drawings (grid first, then the family tree and one heatmap per metric, as
-    # cfgsim.grid.render_all makes them), then the four cells in grid order (row by row).
+    # cfgsim.render.render_all makes them), then the four cells in grid order (row by row).
     n = processed.index_of_first_image
     assert n >= 2 and len(processed.images) == n + 4
     assert processed.infotexts[:n] == [processed.info] * n

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from cfgsim import report
-from cfgsim.grid import score_scale
+from cfgsim.render import score_scale
 from cfgsim.result import MetricScores
 
 ROOT = Path(__file__).resolve().parent.parent
