@@ -59,6 +59,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--out", required=True, metavar="DIR", help="output folder (grid, heatmaps, result.json, cells)"
     )
+    p.add_argument(
+        "--labels",
+        help="comma-separated labels, one per checkpoint (default: the file name; files of one name in "
+        "different folders are told apart by their folders, e.g. a/model, b/model)",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        metavar="N",
+        help="seeds of one checkpoint generated together (default: 1 on the CPU, what fits on CUDA)",
+    )
     p.set_defaults(func=cmd_probe)
 
     d = sub.add_parser(
@@ -147,7 +159,7 @@ def probe_spec(args: argparse.Namespace, reference_infotext: str | None):
 def cmd_probe(args: argparse.Namespace) -> int:
     _require_extra()
     _offline()
-    from cfgsim.commands import metric_options, reference_from_args
+    from cfgsim.commands import lineage_options, metric_options, reference_from_args
     from cfgsim.compare import build_metrics
     from cfgsim.output import summary_table, write_outputs
     from cfgsim.probe import run_probe
@@ -159,7 +171,8 @@ def cmd_probe(args: argparse.Namespace) -> int:
     quiet = bool(getattr(args, "quiet", False))
     paths = [check_checkpoint_path(p) for p in args.checkpoints]
     metrics = build_metrics(args.metrics, metric_options(args))
-    labels = [p.stem for p in paths]
+    options = lineage_options(args)
+    labels = _labels(args.labels, paths)
     reference, ref_text = reference_from_args(args, labels, what="checkpoints")
     spec, deviations, rng = probe_spec(args, ref_text)
     check_spec(spec)
@@ -176,7 +189,15 @@ def cmd_probe(args: argparse.Namespace) -> int:
         config_dir = find_config_beside(paths)
         if config_dir is not None:
             print(f"note: model configuration from {config_dir} (found beside the checkpoints)")
-    host = StandaloneHost(paths, config_dir=config_dir, device=args.device, rng=rng, quiet=quiet)
+    host = StandaloneHost(
+        paths,
+        config_dir=config_dir,
+        device=args.device,
+        rng=rng,
+        quiet=quiet,
+        batch_size=args.batch_size,
+        labels=labels,
+    )
     started = time.perf_counter()
     result = run_probe(
         host,
@@ -186,12 +207,50 @@ def cmd_probe(args: argparse.Namespace) -> int:
         reference=reference,
         preset=args.preset,
         deviations=deviations,
+        lineage_options=options,
     )
     written = write_outputs(result, args.out, overlays=not args.no_overlays)
     print(summary_table(result))
+    _print_verdict(result)
     print(f"probed {len(paths)} checkpoint(s) in {time.perf_counter() - started:.1f} s")
     _print_written(written)
     return _exit_status(result)
+
+
+def _labels(given: str | None, paths: list[Path]) -> list[str]:
+    """``--labels``, else each file's stem; files of one name in different folders get the shortest
+    end of their paths that tells them apart (``a/model``, ``b/model``)."""
+    from cfgsim.errors import InputError
+    from cfgsim.probe import check_labels
+
+    if given is not None:
+        labels = [part.strip() for part in given.split(",")]
+        if len(labels) != len(paths):
+            raise InputError(f"--labels: {len(labels)} labels for {len(paths)} checkpoints")
+        check_labels(labels, "--labels")
+        return labels
+    parts = [p.resolve().with_suffix("").parts for p in paths]
+    labels = [q[-1] for q in parts]
+    depth = 1
+    while len(set(labels)) < len(labels) and depth < max(len(q) for q in parts):
+        depth += 1
+        labels = [
+            "/".join(q[-depth:]) if labels.count(label) > 1 else label
+            for q, label in zip(parts, labels, strict=True)
+        ]
+    if len(set(labels)) < len(labels):  # the same file given twice
+        dupes = sorted({str(p) for p, label in zip(paths, labels, strict=True) if labels.count(label) > 1})
+        raise InputError(f"checkpoints: given more than once: {', '.join(dupes)}")
+    return labels
+
+
+def _print_verdict(result) -> None:
+    from cfgsim.render.verdict import verdict_table
+
+    table = verdict_table(result)
+    if table:
+        print()
+        print(table)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -217,6 +276,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         quiet=bool(getattr(args, "quiet", False)),
     )
     print(summary_table(result))
+    _print_verdict(result)
     print(f"lineage ({family.name} family; higher = closer to {family.reference}):")
     for member in family.members:
         print(f"  {member.name:<22} {member.recipe}")
@@ -228,7 +288,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _exit_status(result) -> int:
-    """0, or 130 (as for Ctrl-C) when the run was interrupted and the outputs hold only part of it."""
+    """0; 1 when not one probe image was made (every checkpoint failed or was skipped: the reasons
+    are printed); 130 (as for Ctrl-C) when the run was interrupted and the outputs hold only part."""
+    import sys
+
+    if not any(cell.ok for cell in result.cells) and not result.interrupted:
+        print("cfgsim: error: no probe image was made:", file=sys.stderr)
+        for cell in result.cells:
+            print(f"  {result.items[cell.item].label}: {cell.reason or cell.status}", file=sys.stderr)
+        return 1
     if result.interrupted:
         print("interrupted: the outputs above hold the images made before the stop")
         return 130

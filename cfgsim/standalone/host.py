@@ -8,6 +8,7 @@ run goes on); Ctrl-C during an image ends the run after it with what was done.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -67,6 +68,7 @@ class StandaloneHost:
         quiet: bool = False,
         full_hash: bool = True,
         batch_size: int | None = None,
+        labels: Sequence[str] | None = None,
     ) -> None:
         if rng not in RNG_SOURCES:
             raise InputError(f"--rng {rng!r}: unknown source (known: {', '.join(RNG_SOURCES)})")
@@ -87,6 +89,13 @@ class StandaloneHost:
         self.batch_size = batch_size or default_batch_size(self.device)
         self.config = config or resolve_config(config_dir)
         self._checkpoints = [describe_checkpoint(p, full_hash=full_hash) for p in paths]
+        if labels is not None:
+            if len(labels) != len(self._checkpoints):
+                raise InputError(f"labels: {len(labels)} labels for {len(self._checkpoints)} checkpoints")
+            self._checkpoints = [
+                dataclasses.replace(c, label=label)
+                for c, label in zip(self._checkpoints, labels, strict=True)
+            ]
         self._loaded: tuple[str, SD1Models] | None = None
         self._tokenizer: Any = None
         self._interrupted = False
