@@ -277,14 +277,26 @@ def _failures(result: ProbeResult) -> str:
     return f'<ul class="cfgsim-failures">{"".join(items)}</ul>'
 
 
-def _text_cell(row: int, col: int, text: str, *, value: float | None = None, classes: str = "") -> str:
+def _text_cell(
+    row: int, col: int, text: str, *, value: float | None = None, classes: str = "", title: str = ""
+) -> str:
     """A cell that is not coloured: text, and a value when it sorts by number (p, support)."""
     cls = " ".join(["cfgsim-noscale", *([classes] if classes else [])])
     data = "" if value is None else _data_value(value)
+    hint = f' title="{esc(title)}"' if title else ""
     return (
         f'<td class="{esc(cls)}" data-cfgsim-row="{row}" data-cfgsim-col="{col}" '
-        f'data-cfgsim-value="{data}">{esc(text)}</td>'
+        f'data-cfgsim-value="{data}"{hint}>{esc(text)}</td>'
     )
+
+
+def _short_verdict(band: str) -> str:
+    return {
+        "same model": "same model",
+        "close relative (fine-tune or merge)": "close relative",
+        "shares a base": "shares a base",
+        "unrelated or undecided": "unrelated / undecided",
+    }.get(band, band)
 
 
 def lineage_section(result: ProbeResult) -> str:
@@ -301,14 +313,20 @@ def lineage_section(result: ProbeResult) -> str:
     )
     titles = [
         ("Checkpoint", ""),
-        ("Nearest relative", "The checkpoint it is most similar to (mean over seeds)"),
+        (
+            "Verdict",
+            "Bands are guides from measured data, not proof (README: Verdict bands); hover for the reasons",
+        ),
+        (
+            "Nearest relative",
+            "The checkpoint it is most similar to (mean over seeds); ? = not clearly nearer",
+        ),
         ("Similarity", "Mean similarity to the nearest relative over the seeds"),
         ("95% CI", "Bootstrap confidence interval of that mean, resampling seeds"),
         ("Runner-up", "The next most similar checkpoint (copies of the nearest left out)"),
         ("p", "Paired sign-flip test over the seeds: is the runner-up clearly farther than the margin?"),
         ("Seeds won", "Seeds on which the nearest beat the runner-up"),
         ("Support", "% of seed-bootstrap trees holding the smallest clade with both"),
-        ("Verdict", "Bands are guides from measured data, not proof (README: Verdict bands)"),
     ]
     head = [_header(label, col - 1, title=title) for col, (label, title) in enumerate(titles)]
     body = []
@@ -319,18 +337,19 @@ def lineage_section(result: ProbeResult) -> str:
         ci = "—" if math.isnan(rel.ci[0]) else f"{rel.ci[0]:.3f} – {rel.ci[1]:.3f}"
         tested = rel.runner_up is not None
         p = rel.p_value
+        nearest = (rel.nearest_label or "—") + ("" if rel.decided or not rel.nearest_label else " ?")
         cells = [
             _row_head(rel.label, k),
-            _text_cell(k, 0, rel.nearest_label or "—"),
-            _cell(rel.similarity, row=k, col=1, title=rel.verdict),
-            _text_cell(k, 2, ci, value=None if math.isnan(rel.ci[0]) else rel.ci[0]),
-            _text_cell(k, 3, rel.runner_up_label or "—"),
-            _text_cell(k, 4, "—" if p is None else f"{p:.3g}", value=p),
-            _text_cell(k, 5, f"{rel.seeds_won}/{rel.seeds}" if tested else "—", value=rel.seeds_won),
+            _text_cell(k, 0, _short_verdict(rel.band), classes="cfgsim-verdict", title=rel.verdict),
+            _text_cell(k, 1, nearest, title=rel.verdict),
+            _cell(rel.similarity, row=k, col=2, title=rel.verdict),
+            _text_cell(k, 3, ci, value=None if math.isnan(rel.ci[0]) else rel.ci[0]),
+            _text_cell(k, 4, rel.runner_up_label or "—"),
+            _text_cell(k, 5, "—" if p is None else f"{p:.3g}", value=p),
+            _text_cell(k, 6, f"{rel.seeds_won}/{rel.seeds}" if tested else "—", value=rel.seeds_won),
             _text_cell(
-                k, 6, "—" if rel.support is None else f"{round(rel.support * 100)}%", value=rel.support
+                k, 7, "—" if rel.support is None else f"{round(rel.support * 100)}%", value=rel.support
             ),
-            _text_cell(k, 7, rel.verdict, classes="cfgsim-verdict"),
         ]
         body.append(f'<tr data-cfgsim-row="{k}">{"".join(cells)}</tr>')
     scores = result.scores.get(lin.metric)
