@@ -463,3 +463,73 @@ def test_cli_bad_input_exit_2(tmp_path, capsys, family, kind):
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2
     assert len(err) == 1 and str(bad) in err[0], err
+
+
+def test_light_finetune_is_close_but_not_a_copy(family, tmp_path):
+    """Within 1 % of the base, the pair is checked value by value: a real change is "different"."""
+    base = family["base"]
+    g = torch.Generator().manual_seed(5)
+    light = {
+        p: {k: v + 0.0005 * torch.randn(v.shape, generator=g) for k, v in d.items()} for p, d in base.items()
+    }
+    path = _save(tmp_path / "light.safetensors", _ldm(light))
+    report = compare_checkpoints([family["paths"]["base"], path])
+    unet = next(p for p in report.identities if p.component == "unet")
+    assert unet.verdict == DIFFERENT and unet.relative_l2 < 0.01
+    assert unet.max_abs_diff is not None and unet.max_abs_diff > 1e-3
+    assert "close but not a copy" in unet.detail
+
+
+def test_progress_can_stop_the_pass(family):
+    class Stop(Exception):
+        pass
+
+    calls = []
+
+    def progress(fraction, what):
+        calls.append((fraction, what))
+        if len(calls) == 5:
+            raise Stop
+
+    with pytest.raises(Stop):
+        compare_checkpoints([family["paths"]["base"], family["paths"]["other"]], progress=progress)
+    assert 0 < calls[-1][0] < 1 and calls[0][1].startswith("unet ")
+
+
+def test_block_chart_draws_and_refuses_bad_input():
+    from cfgsim.errors import InputError
+    from cfgsim.render.blocks import render_block_chart
+
+    blocks = ["BASE", "IN00", "IN01", "M00", "OUT00", "VAE"]
+    image = render_block_chart(
+        blocks,
+        {"a": [1.0, 0.9, float("nan"), 0.5, 0.4, 1.0], "b": [0.2] * 6},
+        title="Per-block",
+        y_label="cosine",
+        residuals=[0.0, 0.01, 0.02, 0.05, 0.2, 0.0],
+    )
+    assert image.width > 300 and image.height > 300
+    colours = {c for _, c in image.getcolors(1 << 20)}
+    assert (0, 114, 178) in colours and (230, 159, 0) in colours  # both series drawn
+    with pytest.raises(InputError, match="series 'a' has 2 values for 6 blocks"):
+        render_block_chart(blocks, {"a": [1.0, 2.0]}, title="x")
+    with pytest.raises(InputError, match="no blocks"):
+        render_block_chart([], {}, title="x")
+
+
+def test_readme_example_runs(family, monkeypatch, tmp_path):
+    """The README's weight-space example, on this family's files (it names a.safetensors … c.ckpt)."""
+    import re
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Weight-space view", 1)[1].split("\n## ", 1)[0]
+    (code,) = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    p = family["paths"]
+    monkeypatch.chdir(tmp_path)
+    for name, source in (("a.safetensors", p["base"]), ("b.safetensors", p["mbw"]), ("c.ckpt", p["renamed"])):
+        (tmp_path / name).symlink_to(source)
+    scope: dict[str, object] = {}
+    exec(compile(code, "README.md", "exec"), scope)
+    report = scope["report"]
+    assert report.reference == 0 and "heatmap-weights-unet" in report.images()
+    assert any("a = c" in line for line in report.identity_lines())
