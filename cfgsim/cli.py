@@ -67,3 +67,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("cfgsim: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # `cfgsim inspect grid.png | head -1`: the reader left; that is not an error. Point stdout
+        # at devnull so the interpreter's final flush does not raise again.
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0

@@ -18,6 +18,7 @@ from cfgsim.errors import InputError
 from cfgsim.imageio import load_image
 from cfgsim.metadata import atomic_save_image, read_metadata
 from cfgsim.output import summary_table, unique_filenames
+from cfgsim.render.verdict import verdict_table
 
 __all__ = [
     "add_comparison_options",
@@ -152,15 +153,17 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     from cfgsim.metadata import MetadataError, result_from_document
 
     path = Path(args.grid)
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder, not an image")
     if not path.is_file():
         raise InputError(f"{path}: no such file")
     infotext, payload = read_metadata(path)
     if payload is None and infotext is None:
         raise InputError(f"{path}: carries no cfgsim metadata and no WebUI parameters")
     if args.json:
-        if payload is None:
-            raise InputError(f"{path}: has WebUI parameters but no cfgsim metadata")
-        print(json.dumps(payload, indent=2, ensure_ascii=False))
+        # A WebUI image without cfgsim metadata: its parameters, and cfgsim null (as plain mode shows).
+        document = payload if payload is not None else {"parameters": infotext, "cfgsim": None}
+        print(json.dumps(document, indent=2, ensure_ascii=False))
         return 0
     # Everything is built before anything is printed: a damaged document gives one line, exit 2.
     lines = []
@@ -177,6 +180,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
             lines.append(f"  QUICK PREVIEW: {steps} steps, not the probe ({full} steps)")
         try:
             lines.append(summary_table(result))
+            if result.lineage is not None:
+                lines += ["", verdict_table(result)]
         except (IndexError, KeyError, TypeError, ValueError) as exc:
             raise MetadataError(
                 f"{path}: the cfgsim metadata is damaged ({type(exc).__name__}: {exc})"

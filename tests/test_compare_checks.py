@@ -144,3 +144,35 @@ def test_a_file_that_is_not_a_checkpoint_is_named_for_what_it_is(tmp_path, conte
                 load_state_dict(path)
             else:
                 read_safetensors_header(path)
+
+
+def test_inspect_into_a_closed_pipe_is_quiet(tmp_path):
+    a, b = save(tmp_path / "a.png", 0), save(tmp_path / "b.png", 1)
+    assert main(["-q", "compare", str(a), str(b), "--out", str(tmp_path / "g.png")]) == 0
+    run = subprocess.run(
+        f"{sys.executable} -m cfgsim inspect {tmp_path / 'g.png'} | head -1",
+        shell=True, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert run.stdout.startswith("parameters:")
+    assert "Traceback" not in run.stderr and "BrokenPipe" not in run.stderr
+
+
+def test_inspect_json_on_a_webui_image_without_cfgsim_metadata(tmp_path, capsys):
+    import json as _json
+
+    a = save(tmp_path / "a.png", 0)
+    assert main(["inspect", str(a), "--json"]) == 0
+    document = _json.loads(capsys.readouterr().out)
+    assert document["cfgsim"] is None and "Steps: 256" in document["parameters"]
+    folder = tmp_path / "x.png"
+    folder.mkdir()
+    assert main(["inspect", str(folder)]) == 2
+    assert "is a folder, not an image" in capsys.readouterr().err
+
+
+def test_inspect_shows_the_verdict(tmp_path, capsys):
+    paths = [save(tmp_path / f"{k}.png", k) for k in range(3)]
+    assert main(["-q", "compare", *map(str, paths), "--out", str(tmp_path / "g.png")]) == 0
+    capsys.readouterr()
+    assert main(["inspect", str(tmp_path / "g.png")]) == 0
+    assert "Lineage (SSIM, 1 seed" in capsys.readouterr().out
