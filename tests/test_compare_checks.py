@@ -176,3 +176,24 @@ def test_inspect_shows_the_verdict(tmp_path, capsys):
     capsys.readouterr()
     assert main(["inspect", str(tmp_path / "g.png")]) == 0
     assert "Lineage (SSIM, 1 seed" in capsys.readouterr().out
+
+
+def test_an_external_reference_image_is_the_first_marked_column(tmp_path):
+    from PIL import Image
+
+    a, b = save(tmp_path / "a.png", 0), save(tmp_path / "b.png", 1)
+    ref = save(tmp_path / "ref.png", 2)
+    out = tmp_path / "g.png"
+    assert main(["-q", "compare", str(a), str(b), "--reference", str(ref), "--out", str(out)]) == 0
+    without = tmp_path / "plain.png"
+    assert main(["-q", "compare", str(a), str(b), "--out", str(without)]) == 0
+    layout = read_result(out).grid_layout
+    assert layout["cols"] == 3 and layout["columns"][0] == "reference image: ref"
+    # The reference's own pixels are in its cell (under the marking border and label box).
+    x0, y0, x1, y1 = layout["boxes"][0]
+    cell = Image.open(out).convert("RGB").crop((x0, y0, x1, y1))
+    w = x1 - x0
+    inner = (w // 4, w // 4, w // 2, w // 2)
+    reference = Image.open(ref).convert("RGB").resize((x1 - x0, y1 - y0))
+    assert cell.crop(inner).tobytes() == reference.crop(inner).tobytes()
+    assert Image.open(out).width > Image.open(without).width

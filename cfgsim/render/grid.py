@@ -165,9 +165,13 @@ def render_grid(
     quick-preview banner stay: they are not decoration). ``cell_size``: (w, h) of every cell;
     default the most common image size. ``font_path``: a TrueType font instead of the search.
     """
-    n_cols, n_rows = len(result.items), len(result.rows)
-    if n_cols == 0 or n_rows == 0:
+    n_items, n_rows = len(result.items), len(result.rows)
+    if n_items == 0 or n_rows == 0:
         raise InputError("grid: the result has no items or no rows: nothing to draw")
+    # An external reference image is shown too: the first column, marked, on every row.
+    ref_image = result.reference.image if result.reference.kind == "image" else None
+    first = 1 if ref_image is not None else 0
+    n_cols = n_items + first
     names = _metric_names(result, metrics) if overlays else []
     font_path = fit_font(font_path)
     cw, ch = _grid_cell_size(result, cell_size)
@@ -190,7 +194,8 @@ def render_grid(
     pad = max(3, label_font.size // 3)
     spacing = label_font.size // 5
 
-    col_lines = [wrap_text(label, label_font, cw - 2 * pad, max_lines=4) for label in result.labels]
+    headers = ([f"reference image: {result.reference.label}"] if first else []) + result.labels
+    col_lines = [wrap_text(label, label_font, cw - 2 * pad, max_lines=4) for label in headers]
     top_h = block_height(max(len(lines) for lines in col_lines), label_font, spacing) + 2 * pad
 
     show_rows = not (n_rows == 1 and not result.row_axis)
@@ -248,8 +253,14 @@ def render_grid(
             )
 
     for r in range(n_rows):
-        for i in range(n_cols):
-            box = (left_w + i * cw, grid_top + r * ch)
+        if ref_image is not None:
+            cell = _render_cell(
+                result, -1, r, size=(cw, ch), names=names, scale=scale, overlays=True, font_path=font_path,
+                external=ref_image,
+            )  # fmt: skip
+            canvas.paste(cell, (left_w, grid_top + r * ch))
+        for i in range(n_items):
+            box = (left_w + (i + first) * cw, grid_top + r * ch)
             cell = _render_cell(
                 result, i, r, size=(cw, ch), names=names, scale=scale, overlays=overlays, font_path=font_path
             )
@@ -265,7 +276,7 @@ def render_grid(
         (cw, ch),
         n_rows,
         n_cols,
-        columns=result.labels,
+        columns=headers,
         row_values=list(result.rows) if len(result.rows) == n_rows else (),
     )
     result.grid_layout = layout
@@ -306,9 +317,13 @@ def _render_cell(
     scale: tuple[float, float],
     overlays: bool,
     font_path: str | None,
+    external: Image.Image | None = None,
 ) -> Image.Image:
+    """One cell; ``external``: the external reference image, drawn as a marked reference cell."""
+    if external is not None:
+        return _decorate(fit_image(external, size).convert("RGBA"), ["reference image"], REF_COLOUR,
+                         True, size=size, font_path=font_path)  # fmt: skip
     cell = result.cell(item, row)
-    cw, ch = size
     if cell is None or cell.status in (FAILED, SKIPPED) or cell.image is None:
         if cell is None:
             status, reason, fill = "NO IMAGE", "this cell was not run", MISSING_FILL
@@ -324,16 +339,13 @@ def _render_cell(
     if not overlays or not names:
         return image.convert("RGB")
 
-    unit = min(cw, ch)
-    border = min(max(2, round(unit / 64)), 14)
     is_ref = result.reference.kind == "item" and result.reference.index == item
-    layer = Image.new("RGBA", size, (0, 0, 0, 0))
-
+    compact: list[str] = []
     if is_ref:
         texts = ["reference"]
         colour = REF_COLOUR
     else:
-        texts, compact = [], []
+        texts = []
         for k, name in enumerate(names):
             scores = result.scores[name]
             value, rank, is_mean = _cell_scores(result, scores, item, row)
@@ -344,12 +356,32 @@ def _render_cell(
             texts.append(f"{head} {_fmt(value)}{rank_text}")
             short = _fmt(value) + (f" #{rank}" if rank is not None else "")
             compact.append(short if len(names) == 1 else f"{scores.label[:4]} {short}")
+    return _decorate(
+        image, texts, colour, is_ref, size=size, font_path=font_path, compact=None if is_ref else compact
+    )
+
+
+def _decorate(
+    image: Image.Image,
+    texts: Sequence[str],
+    colour: RGB,
+    is_ref: bool,
+    *,
+    size: tuple[int, int],
+    font_path: str | None,
+    compact: Sequence[str] | None = None,
+) -> Image.Image:
+    """The overlay box with ``texts``, the border in ``colour`` and, for a reference, its badge."""
+    cw, ch = size
+    unit = min(cw, ch)
+    border = min(max(2, round(unit / 64)), 14)
+    layer = Image.new("RGBA", size, (0, 0, 0, 0))
     inner = cw - 2 * border
     font, lines = _fit_overlay(texts, inner, unit, font_path)
-    if font is None and not is_ref:
+    if font is None and compact is not None:
         font, lines = _fit_overlay(compact, inner, unit, font_path, min_size=7)
     if font is None:
-        font, lines = get_font(7, path=font_path), texts
+        font, lines = get_font(7, path=font_path), list(texts)
 
     opad = max(2, font.size // 4)
     box_h = block_height(len(lines), font) + 2 * opad
