@@ -533,3 +533,12 @@ def test_readme_example_runs(family, monkeypatch, tmp_path):
     report = scope["report"]
     assert report.reference == 0 and "heatmap-weights-unet" in report.images()
     assert any("a = c" in line for line in report.identity_lines())
+
+
+def test_search_with_copies_among_the_candidates(family):
+    """Two copies of one parent among the candidates: no add difference of a model with itself."""
+    p = family["paths"]
+    report = compare_checkpoints([p["base"], p["base-fp16"], p["other"], p["mbw"]], recipe_target=p["mbw"])
+    text = next(r for r in report.recipes if r.component == "text")
+    parents = {report.labels[i] for i in text.overall.parents}
+    assert text.explained and "other" in parents and parents & {"base", "base-fp16"}

@@ -43,17 +43,17 @@ def compare_checkpoints(
 ) -> WeightsReport:
     """Compare checkpoints by their weights: identity, per-block similarity, recipes.
 
-    ``paths``: checkpoint files (``.safetensors``, ``.ckpt``) or diffusers folders. ``reference``
-    (a path among them or an index): the heatmaps mark it, and every other checkpoint's recipe is
-    solved in terms of the reference and the rest. ``base``: also compare the differences from this
-    checkpoint (it need not be among ``paths``). ``vae_dir``: VAE files to name the VAEs by.
-    ``recipe_target`` / ``recipe_parents``: one recipe with given parents (no parents: the best
-    small set among the other checkpoints). ``progress(fraction, what)`` is called after every
-tensor; it may raise to stop the pass (the WebUI's interrupt): the exception propagates, every
-file is closed.
+        ``paths``: checkpoint files (``.safetensors``, ``.ckpt``) or diffusers folders. ``reference``
+        (a path among them or an index): the heatmaps mark it, and every other checkpoint's recipe is
+        solved in terms of the reference and the rest. ``base``: also compare the differences from this
+        checkpoint (it need not be among ``paths``). ``vae_dir``: VAE files to name the VAEs by.
+        ``recipe_target`` / ``recipe_parents``: one recipe with given parents (no parents: the best
+        small set among the other checkpoints). ``progress(fraction, what)`` is called after every
+    tensor; it may raise to stop the pass (the WebUI's interrupt): the exception propagates, every
+    file is closed.
 
-    Raises :class:`WeightsInputError` (one line naming the file and the reason) for a file that
-    cannot be compared.
+        Raises :class:`WeightsInputError` (one line naming the file and the reason) for a file that
+        cannot be compared.
     """
     from cfgsim.weights.gram import DEFAULT_BUDGET, gram_pass
     from cfgsim.weights.identity import identities

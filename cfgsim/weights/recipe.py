@@ -262,7 +262,11 @@ def best_fit(
     if kind in (None, WEIGHTED_SUM):
         fits.append(weighted_sum(gram, target, parents, norm))
     if kind in (None, ADD_DIFFERENCE) and len(parents) == 3:
-        fits.append(add_difference(gram, target, parents, norm))
+        try:
+            fits.append(add_difference(gram, target, parents, norm))
+        except ValueError:  # B and C carry the same weights: there is no difference to add
+            if kind == ADD_DIFFERENCE:
+                raise
     if not fits:
         raise ValueError(f"recipe kind {kind!r} needs three parents")
     # A weighted sum is preferred unless the add difference is clearly better (it has one more
