@@ -542,3 +542,30 @@ def test_search_with_copies_among_the_candidates(family):
     text = next(r for r in report.recipes if r.component == "text")
     parents = {report.labels[i] for i in text.overall.parents}
     assert text.explained and "other" in parents and parents & {"base", "base-fp16"}
+
+
+def test_diffusers_single_file_and_diffusers_vae(family, tmp_path):
+    """One file with unet./text_encoder./vae. prefixes, and a diffusers-layout VAE in --vae-dir."""
+    base = family["base"]
+    single = {
+        f"{prefix}{k}": v.half()
+        for prefix, part in (("unet.", "unet"), ("text_encoder.", "clip"), ("vae.", "vae"))
+        for k, v in base[part].items()
+    }
+    path = _save(tmp_path / "diffusers-single.safetensors", single)
+    vaes = tmp_path / "vaes"
+    vaes.mkdir()
+    _save(vaes / "diffusers-vae.safetensors", {k: v.contiguous() for k, v in base["vae"].items()})
+    report = compare_checkpoints([family["paths"]["base"], path], vae_dir=vaes)
+    assert report.sources[1].layout == "diffusers"
+    for c in ("unet", "text", "vae"):
+        assert (
+            report.sources[0].components[c]["fingerprint"] == report.sources[1].components[c]["fingerprint"]
+        )
+    assert (
+        report.sources[2].components["vae"]["fingerprint"]
+        == report.sources[0].components["vae"]["fingerprint"]
+    )
+    assert any(
+        line.startswith("VAE:") and "identical to diffusers-vae" in line for line in report.identity_lines()
+    )
