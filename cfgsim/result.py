@@ -217,6 +217,9 @@ class ProbeResult:
     # a cfgsim grid exactly: {"rows", "cols", "image_size": [w, h], "boxes": [[x0, y0, x1, y1], ...]}.
     grid_layout: dict[str, Any] | None = None
     version: str = __version__
+    # What produced it: "probe" (images; also a plain ``compare``) or "weights" (cfgsim.weights: no
+    # images, so never a probe). Absent in older documents = "probe".
+    kind: str = "probe"
 
     def cell(self, item: int, row: int) -> Cell | None:
         for cell in self.cells:
@@ -244,7 +247,8 @@ class ProbeResult:
             "cfgsim_version": self.version,
             "host": self.host,
             "spec": spec_to_dict(self.spec),
-            "is_probe": self.spec.is_probe and not self.mixed_settings,
+            "kind": self.kind,
+            "is_probe": self.kind == "probe" and self.spec.is_probe and not self.mixed_settings,
             "like_for_like": not self.mixed_settings,
             "mixed_settings": self.mixed_settings,
             "infotext": str(self.spec.to_infotext()),
@@ -306,6 +310,7 @@ class ProbeResult:
             mixed_settings={k: dict(v) for k, v in (data.get("mixed_settings") or {}).items()},
             grid_layout=data.get("grid_layout") if isinstance(data.get("grid_layout"), dict) else None,
             version=data.get("cfgsim_version", ""),
+            kind=str(data.get("kind") or "probe"),
         )
 
     def tree_order(self) -> list[int]:

@@ -231,6 +231,20 @@ def test_similarity_matrix_and_result(copies):
     assert result.cells == [] and len(result.rows) == 1
 
 
+def test_weights_result_is_not_a_probe(copies):
+    from cfgsim.result import ProbeResult
+
+    result = copies.result()
+    assert result.kind == "weights"
+    data = result.to_dict()
+    assert data["kind"] == "weights" and data["is_probe"] is False and data["schema_version"] == 2
+    back = ProbeResult.from_dict(json.loads(json.dumps(data)))
+    assert back.kind == "weights" and back.to_dict()["is_probe"] is False
+    # Documents written before the field existed are probe results.
+    del data["kind"]
+    assert ProbeResult.from_dict(data).kind == "probe"
+
+
 # -- recipes -------------------------------------------------------------------------------------------
 
 

@@ -193,6 +193,7 @@ class WeightsReport:
             scores=scores,
             host="cfgsim weights",
             environment={"source": "checkpoint weights (no images)"},
+            kind="weights",
         )
         if scores:
             metric = next((k for k in scores if k.endswith("-delta") and "unet" in k), None) or next(
