@@ -293,6 +293,15 @@ CONTROLS: tuple[Control, ...] = (
         minimum=0,
         maximum=MAX_PREVIEW_STEPS,
     ),
+    Control(
+        "compare_weights",
+        "Compare weights too (no generation)",
+        "bool",
+        False,
+        "Also compare the checkpoints' weights in one pass over the files: which components are "
+        "identical (UNet, text encoder, VAE), per-block similarity, and with a reference checkpoint "
+        "each other checkpoint's merge recipe in terms of the reference and the rest.",
+    ),
 )
 
 CONTROL_NAMES = tuple(control.name for control in CONTROLS)
@@ -317,6 +326,7 @@ class ProbeArgs:
     overlays: bool = True
     include_images: bool = False
     preview_steps: int = 0
+    compare_weights: bool = False
 
 
 def unpack(args: Sequence[Any], *, defaults: Mapping[str, Any] | None = None) -> ProbeArgs:

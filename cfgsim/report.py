@@ -366,7 +366,7 @@ def lineage_section(result: ProbeResult) -> str:
     return "".join(parts)
 
 
-def report_html(result: ProbeResult) -> str:
+def report_html(result: ProbeResult, *, weights_text: str | None = None) -> str:
     """The whole report for one run, checkpoints in the family tree's order. See the module docstring."""
     if result.lineage is not None:
         result = result.reordered(result.tree_order())
@@ -406,6 +406,10 @@ def report_html(result: ProbeResult) -> str:
     else:
         parts.append('<p class="cfgsim-empty">No scores: no probe image was made.</p>')
     parts.append(_failures(result))
+    if weights_text:
+        # The weight-space view as text (identity groups, recipes): its pictures are in the gallery.
+        lines = "".join(f"<li>{esc(line)}</li>" for line in weights_text.splitlines() if line.strip())
+        parts.append(f'<section class="cfgsim-weights"><h4>Weights</h4><ul>{lines}</ul></section>')
     parts.append(f'<p class="cfgsim-meaning">{esc(MEANING)}</p>')
     parts.append("</div>")
     return "".join(parts)

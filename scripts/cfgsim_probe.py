@@ -120,6 +120,7 @@ class Script(scripts.Script):
                 for name in ("metrics", "overlays", "include_images"):
                     make(name)
             preview = make("preview_steps")
+            make("compare_weights")
             gr.HTML(value=ui.hints_html(), elem_id="cfgsim_hints", elem_classes=["cfgsim-hints-box"])
 
         checkpoints.change(

@@ -167,13 +167,25 @@ def write_safetensors(path: Path, architecture: str) -> None:
             "model.diffusion_model.input_blocks.0.0.weight",
             "first_stage_model.decoder.conv_in.weight",
         ]
+    # Values differ per file (seeded by its name), so the files' weights are really different.
+    seed = int(hashlib.sha256(path.name.encode()).hexdigest()[:8], 16)
+    values = [((seed >> (4 * i)) % 97 + 1) / 10 for i in range(len(keys))]
     header = {
         k: {"dtype": "F32", "shape": [1], "data_offsets": [4 * i, 4 * i + 4]} for i, k in enumerate(keys)
     }
+    # Padded past 1 MiB + 64 KiB so the legacy hash (64 KiB at offset 1 MiB) sees content per file;
+    # the padding is a tensor of its own, so the file stays valid for safetensors' strict reader.
+    padding = hashlib.sha256(path.name.encode()).digest() * 40000
+    start = 4 * len(keys)
+    header["cfgsim_test_padding"] = {
+        "dtype": "U8",
+        "shape": [len(padding)],
+        "data_offsets": [start, start + len(padding)],
+    }
     header["__metadata__"] = {"format": "pt"}
     raw = json.dumps(header).encode()
-    # Pad past 1 MiB + 64 KiB so the legacy hash (64 KiB at offset 1 MiB) sees content per file.
-    body = b"\0" * (4 * len(keys)) + hashlib.sha256(path.name.encode()).digest() * 40000
+    raw += b" " * (-len(raw) % 8)  # safetensors aligns the data to 8 bytes
+    body = struct.pack(f"<{len(values)}f", *values) + padding
     path.write_bytes(struct.pack("<Q", len(raw)) + raw + body)
 
 

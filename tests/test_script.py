@@ -696,3 +696,34 @@ def test_api_table_lists_every_control_in_order():
     assert "`reference_mode`" in table[2 + 3] and "0 = None" in table[2 + 3]
     hints = controls.hints()
     assert set(hints) == {c.label for c in controls.CONTROLS} and all(hints.values())
+
+
+def test_compare_weights_too_adds_the_weight_view_without_generating_more(webui, p):
+    """ "Compare weights too": one pass over the checkpoint files, its pictures in the gallery after
+    the probe's, its identity groups and recipes in the report and in the API's info."""
+    web = webui()
+    plain = run(web, p, ["base", "tuned", "other"], reference_mode=1, reference_checkpoint="base")
+    generated = len(web.received)
+    chosen = {"reference_mode": 1, "reference_checkpoint": "base"}
+    with_weights = run(web, p, ["base", "tuned", "other"], compare_weights=True, **chosen)
+    assert len(web.received) == 2 * generated  # the same images, nothing generated for the weights
+    assert len(with_weights.images) > len(plain.images)
+    data = cfgsim_json(with_weights)
+    assert data["weights"]["items"] == ["base", "tuned", "other"]
+    html_text = with_weights.comments
+    assert "cfgsim-weights" in html_text and "UNet" in html_text
+    assert "weights" not in cfgsim_json(plain)
+
+
+def test_a_weights_failure_keeps_the_probe(webui, p, monkeypatch):
+    import cfgsim.weights
+    from cfgsim.weights.source import WeightsInputError
+
+    def fail(*args, **kwargs):
+        raise WeightsInputError("other.safetensors: damaged safetensors file (truncated)")
+
+    monkeypatch.setattr(cfgsim.weights, "compare_checkpoints", fail)
+    web = webui()
+    processed = run(web, p, ["base", "other"], compare_weights=True)
+    assert len(processed.images) >= 2 and "weights" not in cfgsim_json(processed)
+    assert "not compared: other.safetensors: damaged safetensors file (truncated)" in processed.comments

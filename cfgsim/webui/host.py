@@ -233,6 +233,11 @@ class WebUIHost:
                 out.append(self.checkpoint_for(info, info.name if short.count(label) > 1 else label))
         return out
 
+    def file_of(self, checkpoint: Checkpoint) -> str | None:
+        """The checkpoint's file on this machine (not recorded in the metadata: see checkpoint_for)."""
+        info = self._infos.get(checkpoint.name)
+        return getattr(info, "filename", None) if info is not None else None
+
     def fill_hashes(self, result: ProbeResult) -> None:
         """After the run: the sha256 of checkpoints the WebUI hashed while loading them."""
         items = []

@@ -14,7 +14,7 @@ from typing import Any
 
 from cfgsim import controls, metadata, report
 from cfgsim.compare import build_metrics
-from cfgsim.errors import InputError
+from cfgsim.errors import CfgsimError, InputError
 from cfgsim.host import Checkpoint
 from cfgsim.infotext import Infotext
 from cfgsim.metrics.clip import release_cached_models
@@ -196,8 +196,18 @@ def run_probe_script(p: Any, values: controls.ProbeArgs, webui: WebUI) -> Any:
         if not keep_clip_loaded(opts):
             release_cached_models()
     host.fill_hashes(result)
+    weights, weights_error = None, ""
+    if values.compare_weights:
+        # The probe's images are made: a file the weight view cannot read costs only that view.
+        try:
+            weights = compare_weights(result, webui, host)
+        except CfgsimError as exc:
+            weights_error = str(exc)
+            log.warning("cfgsim: %s", weights_error)
 
     rendered = render(result, overlays=values.overlays, style=overlay_style(opts))
+    if weights is not None:
+        rendered += [(f"weights-{name}", image) for name, image in weights.images().items()]
     infotext = grid_infotext(result, opts)
     grid_image = rendered[0][1]
     # The grid was drawn from a copy in tree order: its cell boxes travel on the image.
@@ -225,6 +235,37 @@ def run_probe_script(p: Any, values: controls.ProbeArgs, webui: WebUI) -> Any:
         include_images=values.include_images,
         processing_mod=webui.processing,
         saved=saved,
+        weights=weights,
+        weights_error=weights_error,
+    )
+
+
+def compare_weights(result: ProbeResult, webui: WebUI, host: WebUIHost) -> Any:
+    """The weight-space view of the probed checkpoints (one pass over their files), with the WebUI's
+    progress bar and its interrupt. None when fewer than two checkpoint files are at hand."""
+    from cfgsim.weights import compare_checkpoints
+
+    state = webui.shared.state
+    files = [(i, host.file_of(item)) for i, item in enumerate(result.items)]
+    files = [(i, path) for i, path in files if path and os.path.isfile(path)]
+    if len(files) < 2:
+        log.warning("cfgsim: weights: fewer than two checkpoint files to compare")
+        return None
+    reference = None
+    if result.reference.kind == "item" and result.reference.index is not None:
+        reference = next((k for k, (i, _) in enumerate(files) if i == result.reference.index), None)
+
+    def progress(fraction: float, what: str) -> None:
+        if getattr(state, "interrupted", False) or getattr(state, "stopping_generation", False):
+            raise InputError("weights: interrupted")
+        state.textinfo = f"cfgsim: comparing weights ({fraction:.0%}): {what}"
+
+    state.textinfo = "cfgsim: comparing weights"
+    return compare_checkpoints(
+        [path for _, path in files],
+        reference=reference,
+        labels=[result.items[i].label for i, _ in files],
+        progress=progress,
     )
 
 
@@ -238,8 +279,11 @@ def build_processed(
     include_images: bool,
     processing_mod: Any,
     saved: str | None,
+    weights: Any = None,
+    weights_error: str = "",
 ) -> Any:
-    """The ``Processed`` the WebUI shows: gallery, infotexts, the HTML report, the API's ``info``."""
+    """The ``Processed`` the WebUI shows: gallery, infotexts, the HTML report, the API's ``info``
+    (with ``weights``, a :class:`cfgsim.weights.WeightsReport`: its JSON and its text too)."""
     spec = result.spec
     gallery = [image for _, image in rendered]
     infotexts = [infotext] * len(gallery)
@@ -257,10 +301,17 @@ def build_processed(
     data = json.loads(json_text)
     if saved:
         data["grid_file"] = os.path.abspath(saved)
+    if weights is not None:
+        data["weights"] = json.loads(weights.to_json())
     # processed.js() (the API's "info") serialises extra_generation_params: the matrix goes there.
     pr.extra_generation_params = {metadata.PNG_JSON_KEY: data}
     # The WebUI shows comments under the gallery; cfgsim.js turns this text into the table.
-    pr.comments = {report.report_html(result): 1}
+    weights_text = (
+        weights.text()
+        if weights is not None
+        else (f"not compared: {weights_error}" if weights_error else None)
+    )
+    pr.comments = {report.report_html(result, weights_text=weights_text): 1}
     return processing_mod.Processed(
         pr,
         gallery,
