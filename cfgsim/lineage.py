@@ -65,37 +65,45 @@ BANDS_ORDER = (SAME, CLOSE, BASE, UNRELATED)
 
 @dataclass(frozen=True)
 class Bands:
-    """Thresholds on a metric's similarity for the verdict bands (each is the band's lower bound)."""
+    """How a nearest relative's similarity and the evidence around it become a verdict band.
+
+    ``same`` and ``close`` are lower bounds on the similarity (its CI's lower bound when there are
+    several seeds). Below ``close`` absolute similarity does not transfer between model families
+    (unrelated real SD models score higher than related tiny ones): "shares a base" then rests on
+    relative evidence instead — the nearest relative is decided (clearly nearer than the runner-up)
+    or the two sit in a proper clade of the tree with bootstrap support of at least ``support``.
+    """
 
     same: float
     close: float
-    base: float
+    support: float = 0.95
     source: str = ""
     #: Mean similarity from which two items are copies of one model (fp16, pruned, renamed):
     #: such a copy of the nearest relative is not counted as its rival (the runner-up).
     copy: float = 0.99
 
-    def band(self, value: float) -> str:
+    def band(self, value: float, *, decided: bool = False, clade_support: float | None = None) -> str:
+        """``clade_support``: the support of the smallest clade holding both, None when that clade
+        is the whole set (or there is no support: one seed)."""
         if value >= self.same:
             return SAME
         if value >= self.close:
             return CLOSE
-        if value >= self.base:
+        if decided or (clade_support is not None and clade_support >= self.support):
             return BASE
         return UNRELATED
 
 
-#: Calibrated bands per metric. See the README's "Verdict bands" for the measurements behind them.
+#: Calibrated bands per metric. See the README's "The lineage verdict" for the measurements.
 BANDS: dict[str, Bands] = {
     "ssim": Bands(
-        same=0.95,
+        same=0.99,
         close=0.80,
-        base=0.55,
         source=(
-            "demo family over 8 seeds (fp16/pruned copies >= 0.99, fine-tunes 0.85-0.98, "
-            "merges 0.5-0.9, unrelated roots <= 0.45) and published real probes (the same NovelAI "
-            "model on other hardware 0.93-0.96; SD 1.x anime models of one family 0.55-0.68; "
-            "NovelAI vs Waifu Diffusion 1.4, different bases, up to 0.74 on one seed)"
+            "same model: copies in one host (fp16/pruned demo copies >= 0.999; one checkpoint in A1111 "
+            "and the standalone runner 1.000000); close relative: demo fine-tunes 0.94-0.99, and above "
+            "the published unrelated real model (<= 0.75 against the NovelAI ground truth, which its "
+            "own outputs match at 0.90-0.94 on other hardware)"
         ),
     ),
 }
@@ -283,7 +291,7 @@ class Lineage:
             else {
                 "same": self.bands.same,
                 "close": self.bands.close,
-                "base": self.bands.base,
+                "support": self.bands.support,
                 "copy": self.bands.copy,
                 "source": self.bands.source,
             },
@@ -323,7 +331,11 @@ class Lineage:
             bands=None
             if not bands
             else Bands(
-                bands["same"], bands["close"], bands["base"], bands.get("source", ""), bands.get("copy", 0.99)
+                same=float(bands["same"]),
+                close=float(bands["close"]),
+                support=float(bands.get("support", 0.95)),
+                source=str(bands.get("source", "")),
+                copy=float(bands.get("copy", 0.99)),
             ),
             notes=[str(n) for n in data.get("notes", [])],
         )
@@ -691,7 +703,12 @@ def _relative(  # noqa: PLR0917 (the arrays of one analysis, passed through)
         rel.decided = True  # only one candidate (or only copies of it): nearest by construction
     # The band uses the CI's lower bound where there is one: uncertainty counts against the claim.
     value = rel.ci[0] if not math.isnan(rel.ci[0]) else rel.similarity
-    rel.band = bands.band(value) if bands is not None else UNRELATED
+    proper = clade is not None and len(clade.members) < n
+    if bands is not None:
+        rel.band = bands.band(value, decided=rel.decided and rel.runner_up is not None,
+                              clade_support=rel.support if proper else None)  # fmt: skip
+    else:
+        rel.band = UNRELATED
     rel.verdict = _verdict_text(rel, margin, calibrated=bands is not None)
     return rel
 
@@ -719,6 +736,8 @@ def _verdict_text(rel: Relative, margin: float, *, calibrated: bool) -> str:
         return f"same model as {name}" + ("" if rel.decided else f"; {who}")
     if rel.band == UNRELATED:
         return f"unrelated or undecided; {who}"
+    if rel.band == BASE and not rel.decided and rel.support is not None:
+        return f"shares a base with {name} (in one clade, support {round(rel.support * 100)}%); {who}"
     return f"{rel.band}; {who}"
 
 

@@ -65,8 +65,9 @@ def verdict_table(result: ProbeResult) -> str:
         b = lineage.bands
         lines.append(
             f"bands ({lineage.metric}, on the CI's lower bound): same model >= {b.same:g}, "
-            f"close relative >= {b.close:g}, shares a base >= {b.base:g} — guides from measured data, "
-            "not proof (README: Verdict bands)"
+            f"close relative >= {b.close:g}, shares a base: clearly nearest or in one clade with "
+            f"support >= {b.support:.0%} — guides from measured data, "
+            "not proof (README: The lineage verdict)"
         )
     return "\n".join(lines)
 
