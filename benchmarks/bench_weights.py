@@ -269,6 +269,11 @@ def main() -> None:
     parser.add_argument(
         "--dir", default=None, help="folder for the checkpoints (default: a temporary folder, removed)"
     )
+    parser.add_argument(
+        "--reuse",
+        action="store_true",
+        help="with --dir: use the checkpoints already there (from a run with the same --n, --scale)",
+    )
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -282,9 +287,18 @@ def main() -> None:
     print(f"  {free:.0f} GB free before")
     try:
         t = time.perf_counter()
-        build_cmd = [sys.executable, __file__, "--child", "build", str(folder), str(n_max), str(args.scale)]
-        subprocess.run(build_cmd, check=True)
         paths = [folder / f"model{i}.safetensors" for i in range(n_max)]
+        if not (args.reuse and args.dir and all(p.is_file() for p in paths)):
+            build_cmd = [
+                sys.executable,
+                __file__,
+                "--child",
+                "build",
+                str(folder),
+                str(n_max),
+                str(args.scale),
+            ]
+            subprocess.run(build_cmd, check=True)
         size = sum(p.stat().st_size for p in paths) / 1e9
         print(f"  {n_max} files, {size:.1f} GB in {time.perf_counter() - t:.0f} s")
         rows = {}

@@ -10,6 +10,7 @@ unrelated roots.
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -508,6 +509,36 @@ def test_progress_can_stop_the_pass(family):
     with pytest.raises(Stop):
         compare_checkpoints([family["paths"]["base"], family["paths"]["other"]], progress=progress)
     assert 0 < calls[-1][0] < 1 and calls[0][1].startswith("unet ")
+    assert [t.name for t in threading.enumerate() if t.name.startswith("cfgsim-weights")] == []
+
+
+def test_reading_error_in_the_background_reaches_the_caller(family, tmp_path):
+    """A file cut short after it was opened: the reader thread's error is raised by the pass."""
+    import shutil
+
+    from cfgsim.weights.gram import gram_pass
+    from cfgsim.weights.source import open_source
+
+    path = tmp_path / "cut.safetensors"
+    shutil.copy(family["paths"]["other"], path)
+    sources = [open_source(family["paths"]["base"]), open_source(path)]
+    with open(path, "r+b") as f:
+        f.truncate(path.stat().st_size // 2)
+    with pytest.raises(WeightsInputError, match="ends early"):
+        gram_pass(sources, budget=1 << 16)  # small slices: many in flight when it fails
+    assert [t.name for t in threading.enumerate() if t.name.startswith("cfgsim-weights")] == []
+
+
+def test_small_budget_gives_the_same_matrices(family):
+    from cfgsim.weights.gram import gram_pass
+    from cfgsim.weights.source import open_source
+
+    paths = [family["paths"][k] for k in ("base", "other", "finetune")]
+    big = gram_pass([open_source(p) for p in paths])
+    small = gram_pass([open_source(p) for p in paths], budget=1 << 16)
+    assert big.fingerprint == small.fingerprint and big.exact == small.exact
+    for block, g in big.gram.items():
+        np.testing.assert_allclose(small.gram[block], g, rtol=1e-5)  # float32 sub-chunk sums
 
 
 def test_block_chart_draws_and_refuses_bad_input():

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import hashlib
 import math
+import queue
+import threading
 import time
 import zlib
 from collections.abc import Callable, Sequence
@@ -30,13 +32,17 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from cfgsim.weights.keys import COMPONENTS, FLOAT_DTYPES, Entry
-from cfgsim.weights.source import REOPEN_BYTES, Source
+from cfgsim.weights.source import Source
 
 #: Values per sub-chunk whose dot products are taken in float32 (BLAS) before the float64 sum.
 SUB = 65536
 #: Working memory of the pass (slices of all files, their float32 copies, the differences).
 DEFAULT_BUDGET = 192 * 1024 * 1024
-_BYTES_PER_VALUE = 10  # stored (≤ 4) + float32 copy (4) + float16 for the CRC (2)
+#: Slices (of all files) read ahead by the reader thread, waiting for the products.
+QUEUE_SLICES = 2
+# Per value: the slabs (one being read, the queue's, one being multiplied; stored, ≤ 4 bytes
+# each), the float32 copy (4) and the float16 copy for the CRC (2).
+_BYTES_PER_VALUE = 4 * (QUEUE_SLICES + 2) + 4 + 2
 
 Progress = Callable[[int, int, str], None]
 
@@ -158,7 +164,8 @@ def gram_pass(
 
     # One intra-op thread: the pass is memory-bound and its operations are small; on this project's
     # shared 2-core machine two threads made it 4-5x slower (OpenMP threads waiting on each other
-    # while other processes hold the cores). torch's setting is process-wide: restored afterwards.
+    # while other processes hold the cores). The second core goes to the reader thread instead.
+    # torch's setting is process-wide: restored afterwards.
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -169,21 +176,31 @@ def gram_pass(
             s.close()
 
 
-def _gram_pass(
-    sources: Sequence[Source], *, base: int | None, budget: int, progress: Progress | None
-) -> GramPass:
-    import torch
+@dataclass
+class _Task:
+    """One tensor, read from the files ``idx`` (the group's anchor first), in row slices."""
 
-    from cfgsim.weights.keys import block_sort_key
+    component: str
+    block: str
+    idx: list[int]
+    entries: list[Entry]
+    slices: list[tuple[int, int]]
+    hashes: dict[int, tuple]  # the group's (fingerprint, exact) sha256 objects by file
 
-    started = time.perf_counter()
+
+def _slices(entries: Sequence[Entry], n: int, budget: int) -> list[tuple[int, int]]:
+    first = entries[0]
+    rows = first.shape[0] if first.shape else 1
+    per_row = max(1, first.numel // max(1, rows))
+    values = max(SUB, budget // (_BYTES_PER_VALUE * n))
+    step = max(1, values // per_row)
+    return [(start, min(rows, start + step)) for start in range(0, rows, step)]
+
+
+def _plan(sources: Sequence[Source], base: int | None, out: GramPass, budget: int) -> list[_Task]:
+    """The pass's tensors in reading order; fills in ``out``'s groups, anchors and zeroed matrices."""
     n_all = len(sources)
-    out = GramPass(labels=[s.label for s in sources], base=base)
-    for s in sources:
-        s.set_reopen_bytes(REOPEN_BYTES // max(1, n_all))
-    total = sum(e.numel * FLOAT_DTYPES[e.dtype] for s in sources for e in s.entries.values())
-    done = 0
-    all_blocks: dict[str, str] = {}
+    tasks = []
     for component in COMPONENTS:
         groups: dict[str, list[int]] = {}
         for i, s in enumerate(sources):
@@ -199,78 +216,197 @@ def _gram_pass(
                 out.group[(i, component)] = number
             hashes = {i: (hashlib.sha256(), hashlib.sha256()) for i in idx}
             ix = np.ix_(idx, idx)
-            touched: set[str] = set()
             for name_entry in sources[idx[0]].component_entries(component):
                 entries = [sources[i].entries[name_entry.name] for i in idx]
                 block = name_entry.block
-                all_blocks[block] = component
-                if block not in touched:
-                    touched.add(block)
-                    for target in (out.gram, out.anchored):
-                        target.setdefault(block, np.full((n_all, n_all), np.nan))[ix] = 0.0
-                tensor_hashes = [_TensorHash(e.dtype) for e in entries]
-                h = _accumulate(sources, idx, entries, tensor_hashes, budget, torch)
-                # h = Gram of [x0, x1 − x0, …]: ⟨xi, xj⟩ = h00 + h0i + h0j + hij (i, j ≥ 1).
-                g = h + h[0:1, :] + h[:, 0:1] + h[0, 0]
-                g[0, :] = h[0, :] + h[0, 0]
-                g[:, 0] = h[:, 0] + h[0, 0]
-                g[0, 0] = h[0, 0]
-                k = h.copy()
-                k[0, :] = 0.0
-                k[:, 0] = 0.0
-                out.gram[block][ix] += g
-                out.anchored[block][ix] += k
-                for i, e, th in zip(idx, entries, tensor_hashes, strict=True):
-                    line = f"{e.name} {e.shape} "
-                    hashes[i][0].update(f"{line}{th.crc16:08x}\n".encode())
-                    hashes[i][1].update(f"{line}{th.exact()}\n".encode())
-                    done += e.numel * FLOAT_DTYPES[e.dtype]
-                if progress is not None:
-                    progress(done, total, f"{component} {block}")
-            for i in idx:
-                out.fingerprint[(i, component)] = hashes[i][0].hexdigest()[:16]
-                out.exact[(i, component)] = hashes[i][1].hexdigest()[:16]
+                out.blocks.setdefault(block, component)
+                for target in (out.gram, out.anchored):
+                    target.setdefault(block, np.full((n_all, n_all), np.nan))[ix] = 0.0
+                tasks.append(
+                    _Task(component, block, idx, entries, _slices(entries, len(idx), budget), hashes)
+                )
+    return tasks
+
+
+_DONE = object()
+_ALIGN = 64
+
+
+def _slice_bytes(entries: Sequence[Entry], start: int, stop: int) -> list[int]:
+    """Each file's bytes for rows ``start:stop``, rounded up to :data:`_ALIGN`."""
+    out = []
+    for e in entries:
+        rows = e.shape[0] if e.shape else 1
+        per_row = e.numel // max(1, rows)
+        size = (min(stop, rows) - start) * per_row * FLOAT_DTYPES[e.dtype]
+        out.append(-(-size // _ALIGN) * _ALIGN)
+    return out
+
+
+def _padded(task: _Task) -> int:
+    """Values per file of the task's largest (first) slice, rounded up to whole sub-chunks."""
+    e = task.entries[0]
+    start, stop = task.slices[0]
+    rows = e.shape[0] if e.shape else 1
+    length = (min(stop, rows) - start) * (e.numel // max(1, rows))
+    return -(-length // SUB) * SUB
+
+
+class _Buffers:
+    """The pass's memory, allocated once and reused (fresh large buffers cost a page fault per
+    4 KiB, which measured more than all the arithmetic): ``slabs``, each one slice of every file
+    as stored, cycling between the reader (free → filled) and the products (filled → free); and
+    the float32 matrix of the products."""
+
+    def __init__(self, tasks: Sequence[_Task], count: int) -> None:
+        import torch
+
+        slab = max((sum(_slice_bytes(t.entries, *t.slices[0])) for t in tasks), default=0)
+        values = max((_padded(t) * len(t.idx) for t in tasks), default=0)
+        self.free: queue.Queue = queue.Queue()
+        for _ in range(count):
+            self.free.put(np.empty(max(slab, _ALIGN), dtype=np.uint8))
+        self.y = torch.empty(max(values, SUB), dtype=torch.float32)
+
+
+def _reader(sources, tasks, buffers: _Buffers, q: queue.Queue, stop: threading.Event) -> None:
+    """Background thread: every slice of every task, read from each file and CRC'd, into ``q``.
+
+    File reads, the CRC and torch's conversions release the GIL, so this runs beside the main
+    thread's products; the fixed set of slabs keeps memory bounded. An error is handed over.
+    """
+
+    def wait(get):
+        while not stop.is_set():
+            try:
+                return get()
+            except (queue.Full, queue.Empty):
+                continue
+        return None
+
+    try:
+        for task in tasks:
+            tensor_hashes = [_TensorHash(e.dtype) for e in task.entries]
+            for start, stop_row in task.slices:
+                slab = wait(lambda: buffers.free.get(timeout=0.1))
+                if slab is None:
+                    return
+                parts, offset = [], 0
+                sizes = _slice_bytes(task.entries, start, stop_row)
+                for i, e, size in zip(task.idx, task.entries, sizes, strict=True):
+                    parts.append(sources[i].read(e, start, stop_row, out=slab[offset : offset + size]))
+                    offset += size
+                length = parts[0].numel()
+                for p, th, e in zip(parts, tensor_hashes, task.entries, strict=True):
+                    if p.numel() != length:
+                        raise ValueError(f"{e.name}: {p.numel()} values where {length} were expected")
+                    th.update(p)
+                item = (parts, tensor_hashes, slab)
+                if wait(lambda item=item: q.put(item, timeout=0.1) or True) is None:
+                    return
+                del parts, item
+        wait(lambda: q.put(_DONE, timeout=0.1) or True)
+    except BaseException as exc:  # handed to the main thread, which raises it
+        wait(lambda exc=exc: q.put(exc, timeout=0.1) or True)
+
+
+def _gram_pass(
+    sources: Sequence[Source], *, base: int | None, budget: int, progress: Progress | None
+) -> GramPass:
+    import torch
+
+    from cfgsim.weights.keys import block_sort_key
+
+    started = time.perf_counter()
+    out = GramPass(labels=[s.label for s in sources], base=base)
+    total = sum(e.numel * FLOAT_DTYPES[e.dtype] for s in sources for e in s.entries.values())
+    tasks = _plan(sources, base, out, budget)
+    buffers = _Buffers(tasks, QUEUE_SLICES + 2)
+    q: queue.Queue = queue.Queue(maxsize=QUEUE_SLICES)
+    stop = threading.Event()
+    reader = threading.Thread(
+        target=_reader, args=(sources, tasks, buffers, q, stop), name="cfgsim-weights-reader", daemon=True
+    )
+    reader.start()
+    done = 0
+    try:
+        for task in tasks:
+            h = torch.zeros((len(task.idx), len(task.idx)), dtype=torch.float64)
+            tensor_hashes = None
+            for _ in task.slices:
+                item = q.get()
+                if isinstance(item, BaseException):
+                    raise item
+                parts, tensor_hashes, slab = item
+                h += _product(parts, buffers.y)
+                del parts, item
+                buffers.free.put(slab)
+            _add(out, task, h.numpy())
+            for i, e, th in zip(task.idx, task.entries, tensor_hashes or (), strict=True):
+                line = f"{e.name} {e.shape} "
+                task.hashes[i][0].update(f"{line}{th.crc16:08x}\n".encode())
+                task.hashes[i][1].update(f"{line}{th.exact()}\n".encode())
+                done += e.numel * FLOAT_DTYPES[e.dtype]
+            if progress is not None:
+                progress(done, total, f"{task.component} {task.block}")
+        item = q.get()
+        if isinstance(item, BaseException):
+            raise item
+    finally:
+        stop.set()
+        reader.join()
+    for task in tasks:
+        for i in task.idx:
+            out.fingerprint[(i, task.component)] = task.hashes[i][0].hexdigest()[:16]
+            out.exact[(i, task.component)] = task.hashes[i][1].hexdigest()[:16]
     for s in sources:
         s.close()
-    out.blocks = {b: all_blocks[b] for b in sorted(all_blocks, key=block_sort_key)}
+    out.blocks = {b: out.blocks[b] for b in sorted(out.blocks, key=block_sort_key)}
     out.bytes_read = done
     out.seconds = time.perf_counter() - started
     return out
 
 
-def _accumulate(sources, idx, entries, hashes, budget, torch):  # noqa: PLR0917 (one pass's state)
-    """One tensor's Gram matrix of [x0, x1 − x0, …, xn − x0] over the files ``idx`` (x0: the anchor)."""
-    n = len(idx)
-    first = entries[0]
-    rows = first.shape[0] if first.shape else 1
-    per_row = max(1, first.numel // max(1, rows))
-    values = max(SUB, budget // (_BYTES_PER_VALUE * n))
-    step = max(1, values // per_row)
-    h = torch.zeros((n, n), dtype=torch.float64)
-    for start in range(0, rows, step):
-        stop = min(rows, start + step)
-        parts = [sources[i].read(e, start, stop) for i, e in zip(idx, entries, strict=True)]
-        length = parts[0].numel()
-        # Layout (sub-chunks, files, values): one batched product gives every sub-chunk's n×n
-        # Gram in float32, summed in float64. (A loop of torch.mm per sub-chunk measured 10x slower.)
-        sub = min(SUB, 1 << max(10, (length - 1).bit_length()))
-        full, tail = divmod(length, sub)
-        y = torch.empty((full + (1 if tail else 0), n, sub), dtype=torch.float32)
-        for row, (p, th, e) in enumerate(zip(parts, hashes, entries, strict=True)):
-            if p.numel() != length:
-                raise ValueError(f"{e.name}: {p.numel()} values where {length} were expected")
-            th.update(p)
-            if full:
-                y[:full, row, :].copy_(p[: full * sub].view(full, sub))
-            if tail:
-                y[full, row, :tail].copy_(p[full * sub :])
-        del parts
+def _add(out: GramPass, task: _Task, h: np.ndarray) -> None:
+    """Add one tensor's Gram matrix of [x0, x1 − x0, …] to its block's two matrices."""
+    # ⟨xi, xj⟩ = h00 + h0i + h0j + hij (i, j ≥ 1).
+    g = h + h[0:1, :] + h[:, 0:1] + h[0, 0]
+    g[0, :] = h[0, :] + h[0, 0]
+    g[:, 0] = h[:, 0] + h[0, 0]
+    g[0, 0] = h[0, 0]
+    k = h.copy()
+    k[0, :] = 0.0
+    k[:, 0] = 0.0
+    ix = np.ix_(task.idx, task.idx)
+    out.gram[task.block][ix] += g
+    out.anchored[task.block][ix] += k
+
+
+def _product(parts, scratch):
+    """The Gram matrix of [x0, x1 − x0, …, xn − x0] of one slice (float64 torch n×n).
+
+    ``scratch``: a float32 buffer of at least ⌈length / SUB⌉ · SUB · n values, reused.
+    """
+    import torch
+
+    n = len(parts)
+    length = parts[0].numel()
+    # Layout (sub-chunks, files, values): one batched product gives every sub-chunk's n×n
+    # Gram in float32, summed in float64. (A loop of torch.mm per sub-chunk measured 10x slower.)
+    sub = min(SUB, 1 << max(10, (length - 1).bit_length()))
+    full, tail = divmod(length, sub)
+    chunks = full + (1 if tail else 0)
+    y = scratch[: chunks * n * sub].view(chunks, n, sub)
+    for row, p in enumerate(parts):
+        if full:
+            y[:full, row, :].copy_(p[: full * sub].view(full, sub))
         if tail:
-            y[full, :, tail:].zero_()
-        if n > 1:
-            y[:, 1:, :] -= y[:, 0:1, :]
-        h += torch.bmm(y, y.transpose(1, 2)).sum(0, dtype=torch.float64)
-    return h.numpy()
+            y[full, row, :tail].copy_(p[full * sub :])
+    if tail:
+        y[full, :, tail:].zero_()
+    if n > 1:
+        y[:, 1:, :] -= y[:, 0:1, :]
+    return torch.bmm(y, y.transpose(1, 2)).sum(0, dtype=torch.float64)
 
 
 def cosine(gram: np.ndarray, anchored: np.ndarray | None = None) -> np.ndarray:

@@ -1,11 +1,11 @@
 """Reading checkpoints a slice at a time: single files (``.safetensors``, ``.ckpt``) and diffusers folders.
 
-``.safetensors`` goes through ``safetensors.safe_open``, one row range of one tensor at a time.
-safe_open memory-maps the file, and every page read stays in the process's resident set until the
-mapping is closed, so a pass over N files of 2 GB would hold N × 2 GB "resident" (file-backed, but
-counted): each file is closed and opened again after :data:`REOPEN_BYTES` / N bytes. ``.ckpt``
-goes through the project's weights-only loader (``torch.load(weights_only=True)``), which refuses
-a pickle that needs any global with the reason.
+``.safetensors``: the header is checked by ``safetensors.safe_open`` (every tensor's byte range
+must fit its shape and dtype), then a row range of one tensor is read with a plain positioned
+read into a buffer of its own (``readinto``, which releases the GIL, so a background thread can
+read while the main thread computes; no memory map, so nothing read stays in the process's
+resident set). ``.ckpt`` goes through the project's weights-only loader
+(``torch.load(weights_only=True)``), which refuses a pickle that needs any global with the reason.
 """
 
 from __future__ import annotations
@@ -41,8 +41,6 @@ from cfgsim.weights.keys import (
 if TYPE_CHECKING:
     import torch
 
-#: Bytes read from all files together between two re-openings (see the module docstring).
-REOPEN_BYTES = 256 * 1024 * 1024
 #: How far ahead of the tensor being read the kernel is asked to read each file
 #: (``posix_fadvise(WILLNEED)``): the disk works while the pass computes. Page cache, not our memory.
 READ_AHEAD = 64 * 1024 * 1024
@@ -65,18 +63,18 @@ class WeightsInputError(InputError):
     """A file that cannot be compared: one line naming the file and the reason."""
 
 
+_TORCH_DTYPES = {"F16": "float16", "BF16": "bfloat16", "F32": "float32", "F64": "float64"}
+
+
 @dataclass
 class _Part:
-    """One physical file: a safetensors file read through safe_open, or a loaded pickle."""
+    """One physical file: a safetensors file read by byte range, or a loaded pickle."""
 
     path: Path
-    reopen_bytes: int = REOPEN_BYTES
     state: dict[str, torch.Tensor] | None = None  # pickles: the (memory-mapped) state dict
     offsets: dict[str, tuple[int, int]] = field(default_factory=dict)  # safetensors: raw → byte range
-    _handle: object = None
-    _cm: object = None
-    _read: int = 0
-    _fd: int | None = None
+    meta: dict[str, tuple[str, tuple[int, ...]]] = field(default_factory=dict)  # raw → (dtype, shape)
+    _file: object = None
     _hinted: int = 0
 
     @property
@@ -84,51 +82,55 @@ class _Part:
         return self.state is None
 
     def _open(self):
-        if self._handle is None:
-            from safetensors import safe_open
+        """safe_open's handle (for the keys and the header check only; the caller closes it)."""
+        from safetensors import safe_open
 
-            try:
-                self._cm = safe_open(str(self.path), framework="pt", device="cpu")
-                self._handle = self._cm.__enter__()
-            except Exception as exc:  # safetensors raises its own error types (SafetensorError)
-                raise WeightsInputError(f"{self.path}: damaged safetensors file ({_short(exc)})") from exc
-        return self._handle
+        try:
+            cm = safe_open(str(self.path), framework="pt", device="cpu")
+            return cm, cm.__enter__()
+        except Exception as exc:  # safetensors raises its own error types (SafetensorError)
+            raise WeightsInputError(f"{self.path}: damaged safetensors file ({_short(exc)})") from exc
 
     def close(self) -> None:
-        if self._cm is not None:
-            self._cm.__exit__(None, None, None)
-        self._cm = self._handle = None
-        self._read = 0
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd, self._hinted = None, 0
+        if self._file is not None:
+            self._file.close()
+        self._file, self._hinted = None, 0
 
-    def _read_ahead(self, raw: str) -> None:
-        span = self.offsets.get(raw)
-        if span is None or not hasattr(os, "posix_fadvise"):
+    def _read_ahead(self, fd: int, begin: int, end: int) -> None:
+        if not hasattr(os, "posix_fadvise"):
             return
-        if self._fd is None:
-            self._fd = os.open(self.path, os.O_RDONLY)
-        begin, end = span
         if end + READ_AHEAD > self._hinted or begin < self._hinted - 2 * READ_AHEAD:
             start = begin if begin < self._hinted - 2 * READ_AHEAD else max(begin, self._hinted)
-            os.posix_fadvise(self._fd, start, end + READ_AHEAD - start, os.POSIX_FADV_WILLNEED)
+            os.posix_fadvise(fd, start, end + READ_AHEAD - start, os.POSIX_FADV_WILLNEED)
             self._hinted = end + READ_AHEAD
 
-    def rows(self, raw: str, start: int, stop: int, whole: bool) -> torch.Tensor:
+    def rows(self, raw: str, start: int, stop: int, whole: bool, out=None) -> torch.Tensor:
         if self.state is not None:
             t = self.state[raw]
             return t.reshape(-1) if whole else t[start:stop].reshape(-1)
-        self._read_ahead(raw)
-        handle = self._open()
-        try:
-            t = handle.get_tensor(raw) if whole else handle.get_slice(raw)[start:stop]
-        except Exception as exc:
-            raise WeightsInputError(f"{self.path}: cannot read tensor {raw} ({_short(exc)})") from exc
-        self._read += t.numel() * t.element_size()
-        if self._read >= self.reopen_bytes:
-            self.close()
-        return t.reshape(-1)
+        import numpy as np
+        import torch
+
+        dtype, shape = self.meta[raw]
+        begin, end = self.offsets[raw]
+        if not whole:
+            n_rows = shape[0] if shape else 1
+            row_bytes = (end - begin) // max(1, n_rows)
+            begin, end = begin + start * row_bytes, begin + min(stop, n_rows) * row_bytes
+        if self._file is None:
+            self._file = open(self.path, "rb", buffering=0)  # noqa: SIM115 (closed by close())
+        f = self._file
+        self._read_ahead(f.fileno(), begin, end)
+        # ``out``: a reusable buffer (a fresh one costs a page fault per 4 KiB on first touch).
+        buf = np.empty(end - begin, dtype=np.uint8) if out is None else out[: end - begin]
+        view, got = memoryview(buf), 0
+        f.seek(begin)
+        while got < len(buf):
+            n = f.readinto(view[got:])
+            if not n:
+                raise WeightsInputError(f"{self.path}: cannot read tensor {raw} (the file ends early)")
+            got += n
+        return torch.from_numpy(buf).view(getattr(torch, _TORCH_DTYPES[dtype]))
 
 
 def _short(exc: BaseException) -> str:
@@ -159,15 +161,15 @@ class Source:
     def dtypes(self, component: str) -> list[str]:
         return sorted({e.dtype for e in self.entries.values() if e.component == component})
 
-    def read(self, entry: Entry, start: int, stop: int) -> torch.Tensor:
-        """Rows ``start:stop`` of ``entry`` (along its first dimension), flattened, in the stored dtype."""
+    def read(self, entry: Entry, start: int, stop: int, out=None) -> torch.Tensor:
+        """Rows ``start:stop`` of ``entry`` (along its first dimension), flattened, in the stored dtype.
+
+        ``out``: a uint8 numpy array to read into (large enough; safetensors files only, else unused);
+        the tensor returned is then a view of it.
+        """
         rows = entry.shape[0] if entry.shape else 1
         whole = start == 0 and stop >= rows
-        return self.parts[entry.part].rows(entry.raw, start, stop, whole)
-
-    def set_reopen_bytes(self, n: int) -> None:
-        for part in self.parts.values():
-            part.reopen_bytes = max(1, n)
+        return self.parts[entry.part].rows(entry.raw, start, stop, whole, out)
 
     def close(self) -> None:
         for part in self.parts.values():
@@ -219,7 +221,7 @@ def _read_keys(p: Path) -> tuple[dict[str, tuple[str, tuple[int, ...]]], _Part]:
     except CheckpointLoadError as exc:
         raise WeightsInputError(str(exc)) from exc
     part = _Part(p, offsets=_offsets(p))
-    handle = part._open()
+    cm, handle = part._open()
     try:
         keys = {}
         for k in handle.keys():  # noqa: SIM118 (safe_open has no __iter__)
@@ -228,7 +230,8 @@ def _read_keys(p: Path) -> tuple[dict[str, tuple[str, tuple[int, ...]]], _Part]:
     except Exception as exc:
         raise WeightsInputError(f"{p}: damaged safetensors file ({_short(exc)})") from exc
     finally:
-        part.close()
+        cm.__exit__(None, None, None)
+    part.meta = {k: v for k, v in keys.items() if v[0] in _TORCH_DTYPES}
     return keys, part
 
 
