@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import mmap
 import queue
 import threading
 import time
@@ -32,17 +33,17 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from cfgsim.weights.keys import COMPONENTS, FLOAT_DTYPES, Entry
-from cfgsim.weights.source import Source
+from cfgsim.weights.source import DIRECT_BLOCK, Source, direct_size
 
 #: Values per sub-chunk whose dot products are taken in float32 (BLAS) before the float64 sum.
 SUB = 65536
 #: Working memory of the pass (slices of all files, their float32 copies, the differences).
 DEFAULT_BUDGET = 192 * 1024 * 1024
-#: Slices (of all files) read ahead by the reader thread, waiting for the products.
-QUEUE_SLICES = 2
-# Per value: the slabs (one being read, the queue's, one being multiplied; stored, ≤ 4 bytes
-# each), the float32 copy (4) and the float16 copy for the CRC (2).
-_BYTES_PER_VALUE = 4 * (QUEUE_SLICES + 2) + 4 + 2
+#: Slabs (one slice of every file as stored): one being read, one waiting for the CRCs, one
+#: being CRC'd, the rest waiting for (or in) the products.
+SLABS = 6
+# Per value: the slabs (≤ 4 bytes each), the float32 copy (4) and the float16 copy for the CRC (2).
+_BYTES_PER_VALUE = 4 * SLABS + 4 + 2
 
 Progress = Callable[[int, int, str], None]
 
@@ -229,17 +230,15 @@ def _plan(sources: Sequence[Source], base: int | None, out: GramPass, budget: in
 
 
 _DONE = object()
-_ALIGN = 64
 
 
 def _slice_bytes(entries: Sequence[Entry], start: int, stop: int) -> list[int]:
-    """Each file's bytes for rows ``start:stop``, rounded up to :data:`_ALIGN`."""
+    """Each file's room in a slab for rows ``start:stop`` (whole O_DIRECT blocks, one spare)."""
     out = []
     for e in entries:
         rows = e.shape[0] if e.shape else 1
         per_row = e.numel // max(1, rows)
-        size = (min(stop, rows) - start) * per_row * FLOAT_DTYPES[e.dtype]
-        out.append(-(-size // _ALIGN) * _ALIGN)
+        out.append(direct_size((min(stop, rows) - start) * per_row * FLOAT_DTYPES[e.dtype]))
     return out
 
 
@@ -265,30 +264,33 @@ class _Buffers:
         values = max((_padded(t) * len(t.idx) for t in tasks), default=0)
         self.free: queue.Queue = queue.Queue()
         for _ in range(count):
-            self.free.put(np.empty(max(slab, _ALIGN), dtype=np.uint8))
+            # Page-aligned (an anonymous map), as O_DIRECT reads need.
+            self.free.put(np.frombuffer(mmap.mmap(-1, max(slab, DIRECT_BLOCK)), dtype=np.uint8))
         self.y = torch.empty(max(values, SUB), dtype=torch.float32)
 
 
+def _wait(stop: threading.Event, call):
+    """``call()`` (a queue's get or put with a timeout) again until it succeeds or ``stop`` is set."""
+    while not stop.is_set():
+        try:
+            return call()
+        except (queue.Full, queue.Empty):
+            continue
+    return None
+
+
 def _reader(sources, tasks, buffers: _Buffers, q: queue.Queue, stop: threading.Event) -> None:
-    """Background thread: every slice of every task, read from each file and CRC'd, into ``q``.
+    """Background thread: every slice of every task, read from each file into a free slab, into ``q``.
 
-    File reads, the CRC and torch's conversions release the GIL, so this runs beside the main
-    thread's products; the fixed set of slabs keeps memory bounded. An error is handed over.
+    File reads release the GIL, so this runs beside the other stages; it does nothing but read, so
+    that the disk is never kept waiting by computation (the files' read-ahead hints aside, a read
+    is issued only when the previous one returned). An error is handed on, not raised.
     """
-
-    def wait(get):
-        while not stop.is_set():
-            try:
-                return get()
-            except (queue.Full, queue.Empty):
-                continue
-        return None
-
     try:
         for task in tasks:
             tensor_hashes = [_TensorHash(e.dtype) for e in task.entries]
             for start, stop_row in task.slices:
-                slab = wait(lambda: buffers.free.get(timeout=0.1))
+                slab = _wait(stop, lambda: buffers.free.get(timeout=0.1))
                 if slab is None:
                     return
                 parts, offset = [], 0
@@ -297,17 +299,35 @@ def _reader(sources, tasks, buffers: _Buffers, q: queue.Queue, stop: threading.E
                     parts.append(sources[i].read(e, start, stop_row, out=slab[offset : offset + size]))
                     offset += size
                 length = parts[0].numel()
-                for p, th, e in zip(parts, tensor_hashes, task.entries, strict=True):
+                for p, e in zip(parts, task.entries, strict=True):
                     if p.numel() != length:
                         raise ValueError(f"{e.name}: {p.numel()} values where {length} were expected")
-                    th.update(p)
                 item = (parts, tensor_hashes, slab)
-                if wait(lambda item=item: q.put(item, timeout=0.1) or True) is None:
+                if _wait(stop, lambda item=item: q.put(item, timeout=0.1) or True) is None:
                     return
                 del parts, item
-        wait(lambda: q.put(_DONE, timeout=0.1) or True)
+        _wait(stop, lambda: q.put(_DONE, timeout=0.1) or True)
     except BaseException as exc:  # handed to the main thread, which raises it
-        wait(lambda exc=exc: q.put(exc, timeout=0.1) or True)
+        _wait(stop, lambda exc=exc: q.put(exc, timeout=0.1) or True)
+
+
+def _hasher(q_in: queue.Queue, q_out: queue.Queue, stop: threading.Event) -> None:
+    """Background thread: the CRCs of each slice (zlib and torch release the GIL), passed on."""
+    while True:
+        item = _wait(stop, lambda: q_in.get(timeout=0.1))
+        if item is None:
+            return
+        if item is not _DONE and not isinstance(item, BaseException):
+            try:
+                parts, tensor_hashes, _slab = item
+                for p, th in zip(parts, tensor_hashes, strict=True):
+                    th.update(p)
+            except BaseException as exc:  # handed to the main thread, which raises it
+                item = exc
+        if _wait(stop, lambda item=item: q_out.put(item, timeout=0.1) or True) is None:
+            return
+        if item is _DONE or isinstance(item, BaseException):
+            return
 
 
 def _gram_pass(
@@ -321,13 +341,21 @@ def _gram_pass(
     out = GramPass(labels=[s.label for s in sources], base=base)
     total = sum(e.numel * FLOAT_DTYPES[e.dtype] for s in sources for e in s.entries.values())
     tasks = _plan(sources, base, out, budget)
-    buffers = _Buffers(tasks, QUEUE_SLICES + 2)
-    q: queue.Queue = queue.Queue(maxsize=QUEUE_SLICES)
+    buffers = _Buffers(tasks, SLABS)
+    read: queue.Queue = queue.Queue(maxsize=1)
+    q: queue.Queue = queue.Queue(maxsize=SLABS - 4)
     stop = threading.Event()
-    reader = threading.Thread(
-        target=_reader, args=(sources, tasks, buffers, q, stop), name="cfgsim-weights-reader", daemon=True
-    )
-    reader.start()
+    threads = [
+        threading.Thread(
+            target=_reader,
+            args=(sources, tasks, buffers, read, stop),
+            name="cfgsim-weights-reader",
+            daemon=True,
+        ),
+        threading.Thread(target=_hasher, args=(read, q, stop), name="cfgsim-weights-hasher", daemon=True),
+    ]
+    for thread in threads:
+        thread.start()
     done = 0
     try:
         for task in tasks:
@@ -354,7 +382,8 @@ def _gram_pass(
             raise item
     finally:
         stop.set()
-        reader.join()
+        for thread in threads:
+            thread.join()
     for task in tasks:
         for i in task.idx:
             out.fingerprint[(i, task.component)] = task.hashes[i][0].hexdigest()[:16]

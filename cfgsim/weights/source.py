@@ -44,6 +44,14 @@ if TYPE_CHECKING:
 #: How far ahead of the tensor being read the kernel is asked to read each file
 #: (``posix_fadvise(WILLNEED)``): the disk works while the pass computes. Page cache, not our memory.
 READ_AHEAD = 64 * 1024 * 1024
+#: Alignment of O_DIRECT reads (offset, length and buffer address).
+DIRECT_BLOCK = 4096
+
+
+def direct_size(nbytes: int) -> int:
+    """Room in a read buffer for ``nbytes`` at any offset, read with O_DIRECT (whole blocks)."""
+    return -(-nbytes // DIRECT_BLOCK) * DIRECT_BLOCK + DIRECT_BLOCK
+
 
 _DIFFUSERS_PARTS = (("unet", "unet."), ("text_encoder", "text_encoder."), ("vae", "vae."))
 _PART_FILES = ("diffusion_pytorch_model.safetensors", "model.safetensors", "diffusion_pytorch_model.bin")
@@ -76,6 +84,8 @@ class _Part:
     meta: dict[str, tuple[str, tuple[int, ...]]] = field(default_factory=dict)  # raw → (dtype, shape)
     _file: object = None
     _hinted: int = 0
+    _dfd: int | None = None
+    _direct: bool | None = None  # None: not tried yet
 
     @property
     def is_safetensors(self) -> bool:
@@ -94,14 +104,53 @@ class _Part:
     def close(self) -> None:
         if self._file is not None:
             self._file.close()
-        self._file, self._hinted = None, 0
+        if self._dfd is not None:
+            os.close(self._dfd)
+        self._file, self._hinted, self._dfd = None, 0, None
+
+    def _read_direct(self, begin: int, end: int, out):
+        """Bytes ``begin:end`` read with O_DIRECT into ``out`` (page-aligned, ``direct_size`` long),
+        or None where the system or the file system does not allow it (then: buffered reads).
+
+        The disk writes straight into ``out``: no page cache to fill (and evict), no copy — on this
+        project's machine a buffered read of 2 GB took 2.9 s of CPU and ran at half the speed.
+        """
+        if self._dfd is None:
+            if not hasattr(os, "O_DIRECT") or not hasattr(os, "preadv"):
+                self._direct = False
+                return None
+            try:
+                self._dfd = os.open(self.path, os.O_RDONLY | os.O_DIRECT)
+            except OSError:
+                self._direct = False
+                return None
+        lo = begin - begin % DIRECT_BLOCK
+        hi = -(-end // DIRECT_BLOCK) * DIRECT_BLOCK
+        region, got = out[: hi - lo], 0
+        view = memoryview(region)
+        try:
+            while got < end - lo:
+                n = os.preadv(self._dfd, [view[got:]], lo + got)
+                if not n:
+                    raise WeightsInputError(
+                        f"{self.path}: cannot read bytes {begin}-{end} (the file ends early)"
+                    )
+                got += n
+        except OSError:  # EINVAL: O_DIRECT refused for this file system or alignment
+            self._direct = False
+            return None
+        self._direct = True
+        return region[begin - lo : end - lo]
 
     def _read_ahead(self, fd: int, begin: int, end: int) -> None:
         if not hasattr(os, "posix_fadvise"):
             return
-        if end + READ_AHEAD > self._hinted or begin < self._hinted - 2 * READ_AHEAD:
-            start = begin if begin < self._hinted - 2 * READ_AHEAD else max(begin, self._hinted)
-            os.posix_fadvise(fd, start, end + READ_AHEAD - start, os.POSIX_FADV_WILLNEED)
+        if begin > self._hinted or begin < self._hinted - 2 * READ_AHEAD:
+            self._hinted = begin  # a jump (the next component): start again from here
+        # In steps of at least half the distance: a hint per small tensor made the disk read in
+        # pieces of their size (measured: 260 MB/s cold, against 1.3 GB/s in 32 MB steps).
+        if end + READ_AHEAD // 2 > self._hinted:
+            os.posix_fadvise(fd, self._hinted, end + READ_AHEAD - self._hinted, os.POSIX_FADV_WILLNEED)
             self._hinted = end + READ_AHEAD
 
     def rows(self, raw: str, start: int, stop: int, whole: bool, out=None) -> torch.Tensor:
@@ -117,6 +166,11 @@ class _Part:
             n_rows = shape[0] if shape else 1
             row_bytes = (end - begin) // max(1, n_rows)
             begin, end = begin + start * row_bytes, begin + min(stop, n_rows) * row_bytes
+        elsize = FLOAT_DTYPES[dtype]
+        if out is not None and self._direct is not False and begin % elsize == 0:
+            got = self._read_direct(begin, end, out)
+            if got is not None:
+                return torch.from_numpy(got).view(getattr(torch, _TORCH_DTYPES[dtype]))
         if self._file is None:
             self._file = open(self.path, "rb", buffering=0)  # noqa: SIM115 (closed by close())
         f = self._file
