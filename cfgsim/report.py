@@ -315,7 +315,8 @@ def lineage_section(result: ProbeResult) -> str:
         ("Checkpoint", ""),
         (
             "Verdict",
-            "Bands are guides from measured data, not proof (README: The lineage verdict); hover for the reasons",
+            "Bands are guides from measured data, not proof (README: The lineage verdict); "
+            "hover for the reasons",
         ),
         (
             "Nearest relative",

@@ -88,3 +88,16 @@ def test_scripts_folder_holds_one_script():
     """The WebUI executes every top-level file in scripts/ and registers every Script in it."""
     files = [p.name for p in (ROOT / "scripts").iterdir() if not p.name.startswith((".", "__pycache__"))]
     assert files == ["cfgsim_probe.py"]
+
+
+def test_the_webui_adapter_and_checkpoint_helpers_need_neither_torch_nor_the_standalone_runner():
+    """The checkpoint utilities both hosts use live outside cfgsim/standalone and import no torch."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, cfgsim.checkpoints, cfgsim.webui.host, cfgsim.webui.run; "
+        "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('cfgsim.standalone')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -19,16 +19,16 @@ from copy import copy
 from typing import Any
 
 from cfgsim import __version__ as cfgsim_version
-from cfgsim.host import Checkpoint, CheckpointLoadError, Generated, ProbeInterrupted
-from cfgsim.probe import error_text
-from cfgsim.result import ProbeResult
-from cfgsim.spec import ProbeSpec
-from cfgsim.standalone.checkpoint import (
+from cfgsim.checkpoints import (
     SAFETENSORS_SUFFIXES,
     detect_architecture,
     normalize_keys,
     read_safetensors_header,
 )
+from cfgsim.host import Checkpoint, CheckpointLoadError, Generated, ProbeInterrupted
+from cfgsim.probe import error_text
+from cfgsim.result import ProbeResult
+from cfgsim.spec import ProbeSpec
 from cfgsim.webui.context import WebUI
 from cfgsim.webui.options import CHECKPOINT_OPTION, forced_overrides, known, recorded_values
 
