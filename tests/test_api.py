@@ -126,3 +126,12 @@ def test_readme_python_examples_run(tmp_path, monkeypatch):
         if "probe_checkpoints" in code:
             continue  # needs real checkpoints; covered by test_probe_checkpoints_on_demo_models
         exec(compile(code, "README.md", "exec"), {})
+
+
+@pytest.mark.parametrize("name", ["ssim", "phash", "psnr", "rmse"])
+def test_a_metric_matrix_takes_pil_images_directly(name):
+    from cfgsim.metrics import get_metric
+
+    a, b = item_image(0, 1, (48, 48)), item_image(3, 1, (48, 48))
+    metric = get_metric(name)
+    assert np.allclose(metric.matrix([a, b, a]), metric.matrix(metric.prepare([a, b, a])))

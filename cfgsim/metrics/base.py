@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import numpy as np
+from PIL import Image
 
 from cfgsim.errors import InputError
 from cfgsim.imageio import to_array
@@ -80,6 +81,8 @@ class Metric:
 
     def matrix(self, prepared: Sequence[Any]) -> np.ndarray:
         """N×N float64 similarity matrix: symmetric, with a diagonal of exactly 1.0."""
+        if any(isinstance(p, Image.Image) for p in prepared):
+            prepared = self.prepare(list(prepared))
         n = len(prepared)
         out = np.eye(n, dtype=np.float64)
         for i in range(n):
@@ -90,6 +93,23 @@ class Metric:
     def compare(self, images: Sequence[Any]) -> np.ndarray:
         """Convenience: ``matrix(prepare(images))``."""
         return self.matrix(self.prepare(images))
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # ``matrix`` takes prepared objects; given PIL images (the natural first try) it prepares
+        # them itself instead of failing deep inside with "'Image' object has no attribute 'shape'".
+        super().__init_subclass__(**kwargs)
+        own = cls.__dict__.get("matrix")
+        if own is None:
+            return
+
+        def matrix(self: Metric, prepared: Sequence[Any]) -> np.ndarray:
+            if any(isinstance(p, Image.Image) for p in prepared):
+                prepared = self.prepare(list(prepared))
+            return own(self, prepared)
+
+        matrix.__doc__ = own.__doc__
+        matrix.__name__ = "matrix"
+        cls.matrix = matrix  # type: ignore[method-assign]
 
     def __repr__(self) -> str:
         options = "".join(f" {k}={v!r}" for k, v in self.settings().items())
