@@ -30,6 +30,7 @@ import contextlib
 import logging
 import os
 import pickle
+import warnings
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -251,8 +252,13 @@ class ClipMetric(Metric):
                 f"does not exist; {_HOW_TO_PROVIDE}"
             )
         try:
-            import open_clip
-            import torch
+            # open-clip-torch 2.20 (the WebUI's pin) imports a deprecated timm module, which prints a
+            # FutureWarning on every run: library noise, not a message for the user.
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)
+                warnings.simplefilter("ignore", DeprecationWarning)
+                import open_clip
+                import torch
         except ImportError as exc:
             raise ModelLoadError(
                 f"clip: the clip metric needs torch and open-clip-torch ({exc}); "
