@@ -701,6 +701,8 @@ def test_api_table_lists_every_control_in_order():
 def test_compare_weights_too_adds_the_weight_view_without_generating_more(webui, p):
     """ "Compare weights too": one pass over the checkpoint files, its pictures in the gallery after
     the probe's, its identity groups and recipes in the report and in the API's info."""
+    pytest.importorskip("safetensors", reason="the weights view reads checkpoints with safetensors")
+    pytest.importorskip("torch", reason="the weights view computes with torch")
     web = webui()
     plain = run(web, p, ["base", "tuned", "other"], reference_mode=1, reference_checkpoint="base")
     generated = len(web.received)
