@@ -43,16 +43,34 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from cfgsim.standalone import keymap
 from cfgsim.standalone.checkpoint import CLIP_PREFIX, UNET_PREFIX, VAE_PREFIX
-from cfgsim.standalone.schedule import SD1_BETA_END, SD1_BETA_START, SD1_TRAIN_TIMESTEPS
-from cfgsim.standalone.tokenizer import write_clip_tokenizer
+from cfgsim.standalone.demo_config import (  # noqa: F401 (the demo's public names)
+    CLIP_CONFIG,
+    SCHEDULER_CONFIG,
+    UNET_CONFIG,
+    VAE_CONFIG,
+    webui_yaml,
+    write_config_dir,
+)
+from cfgsim.standalone.families import (  # noqa: F401 (the demo's public names)
+    DEFAULT_FAMILY,
+    DEMO_FAMILIES,
+    DEMO_MODELS,
+    FINETUNE_NOISE,
+    FULL_FT1_NOISE,
+    FULL_FT2_NOISE,
+    SEEDS,
+    FamilySpec,
+    FamilyTruth,
+    Member,
+    get_family,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -62,71 +80,7 @@ if TYPE_CHECKING:
 
 DEFAULT_OUT = "cfgsim-demo"
 
-# The tiny architecture. Channel counts are multiples of 32 because ldm's GroupNorm uses 32 groups
-# everywhere; the VAE keeps SD's four levels (latent = image / 8). The UNet has three levels with
-# cross-attention only at the lowest (16x16 for a 512 image) and in the middle block: attention at
-# 64x64 or 32x32 latents would dominate the run time (one UNet call ≈ 17 ms on two CPU cores).
-UNET_CONFIG: dict[str, Any] = {
-    "sample_size": 64,
-    "in_channels": 4,
-    "out_channels": 4,
-    "block_out_channels": [32, 32, 64],
-    "layers_per_block": 1,
-    "down_block_types": ["DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D"],
-    "up_block_types": ["CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"],
-    "cross_attention_dim": 32,
-    "attention_head_dim": 8,
-    "norm_num_groups": 32,
-    "use_linear_projection": False,
-}
-VAE_CONFIG: dict[str, Any] = {
-    "in_channels": 3,
-    "out_channels": 3,
-    "block_out_channels": [32, 32, 32, 32],
-    "down_block_types": ["DownEncoderBlock2D"] * 4,
-    "up_block_types": ["UpDecoderBlock2D"] * 4,
-    "layers_per_block": 1,
-    "latent_channels": 4,
-    "norm_num_groups": 32,
-    "sample_size": 512,
-    "scaling_factor": 0.18215,
-}
-CLIP_CONFIG: dict[str, Any] = {
-    "architectures": ["CLIPTextModel"],
-    "model_type": "clip_text_model",
-    "vocab_size": 49408,
-    "hidden_size": 32,
-    "intermediate_size": 64,
-    "projection_dim": 32,
-    "num_hidden_layers": 3,
-    "num_attention_heads": 4,
-    "max_position_embeddings": 77,
-    "hidden_act": "quick_gelu",
-    "layer_norm_eps": 1e-05,
-    "attention_dropout": 0.0,
-    "dropout": 0.0,
-    "initializer_factor": 1.0,
-    "initializer_range": 0.02,
-    # SD's CLIP config carries these legacy ids; the tokenizer's BOS/EOS (49406/49407) are what count.
-    "bos_token_id": 0,
-    "pad_token_id": 1,
-    "eos_token_id": 2,
-}
-SCHEDULER_CONFIG: dict[str, Any] = {
-    "_class_name": "EulerDiscreteScheduler",
-    "beta_start": SD1_BETA_START,
-    "beta_end": SD1_BETA_END,
-    "beta_schedule": "scaled_linear",
-    "num_train_timesteps": SD1_TRAIN_TIMESTEPS,
-    "prediction_type": "epsilon",
-    "steps_offset": 1,
-    "timestep_spacing": "linspace",
-}
 
-# Weight seeds of the small (default) family, kept from its first version so its files and scores
-# stay the same: the roots, the shared VAE and the fine-tune's noise (UNet: seed, text encoder: seed + 1).
-SEEDS = {"base": 1, "unrelated": 2, "unrelated-2": 3, "vae": 100, "finetune-noise": 11}
-FINETUNE_NOISE = 0.05  # weight noise of the small family's fine-tune, relative to each tensor's own std
 UNET_OUTPUT_GAIN = 4.0  # scale of the random UNet's ε prediction (see module doc)
 # Residual branches (resnets' second conv, transformers' output projection) scaled down, like a
 # network initialised near identity: with fewer stacked non-linearities a 50/50 merge stays
@@ -144,213 +98,6 @@ REDUCED_SIZE = 128
 REDUCED_STEPS = 16
 
 
-@dataclass(frozen=True)
-class Member:
-    """How one demo checkpoint is made (its recipe).
-
-    ``kind``: ``root`` (independent random weights from ``seed``), ``finetune`` (``parents[0]`` plus
-    Gaussian weight noise of ``strength`` x each tensor's std, drawn from ``seed``), ``merge`` (the
-    WebUI merger's weighted sum of ``parents`` with ``weights``, summing to 1) or ``copy``
-    (``parents[0]``'s weights unchanged: a re-save). ``dtype`` is the stored precision, ``ema``
-    whether the file also carries ldm's EMA copy of the UNet (``model_ema.*``, ignored by loaders).
-    """
-
-    name: str
-    kind: str
-    parents: tuple[str, ...] = ()
-    weights: tuple[float, ...] = ()
-    strength: float = 0.0
-    seed: int = 0
-    dtype: str = "float16"
-    ema: bool = False
-
-    @property
-    def recipe(self) -> str:
-        """One line: what this checkpoint is, e.g. ``merge: 0.75 base + 0.25 unrel``."""
-        store = f"{'fp16' if self.dtype == 'float16' else 'fp32'}{', with EMA' if self.ema else ''}"
-        if self.kind == "root":
-            return f"root: independent random weights (seed {self.seed}); {store}"
-        if self.kind == "finetune":
-            return f"fine-tune of {self.parents[0]}: + weight noise {self.strength:g} x std; {store}"
-        if self.kind == "merge":
-            terms = " + ".join(f"{w:g} {p}" for p, w in zip(self.parents, self.weights, strict=True))
-            return f"merge (weighted sum): {terms}; {store}"
-        return f"copy of {self.parents[0]}: same weights, stored {store}"
-
-
-@dataclass(frozen=True)
-class FamilyTruth:
-    """What the probe should recover from a family, by construction.
-
-    * ``same_model``: groups of checkpoints with the same weights (files differ only by precision or
-      EMA keys): their pictures agree to rounding.
-    * ``clades``: groups that are unambiguous in the tree — every member nearer to every other
-      member than to anything outside (in weight space, by a clear margin).
-    * ``nearest``: for each item whose nearest relative is unambiguous, the acceptable answers
-      (several when they are the same model, e.g. base and its copies).
-    * ``merge_parents``: each merge of two parents -> (the parent with the larger weight, the other);
-      a 50/50 merge is not listed here (see ``equally_related``).
-    * ``equally_related``: triples (A, B, C) where B and C are equally related to A by construction
-      (exchangeable: swapping B and C gives the same recipe) — the null case for a paired test.
-      On one random draw of weights the two similarities still differ a little.
-    * ``unrelated``: items related to nothing else in the family (independent roots).
-    """
-
-    same_model: tuple[frozenset[str], ...] = ()
-    clades: tuple[frozenset[str], ...] = ()
-    nearest: Mapping[str, frozenset[str]] = field(default_factory=dict)
-    merge_parents: Mapping[str, tuple[str, str]] = field(default_factory=dict)
-    equally_related: tuple[tuple[str, str, str], ...] = ()
-    unrelated: frozenset[str] = frozenset()
-
-    def violations(
-        self, labels: Sequence[str], similarity: Any, *, same_model_min: float = 0.99
-    ) -> list[str]:
-        """What a similarity matrix (N x N, higher = closer, ``labels`` in its order; e.g. the mean
-        SSIM over seeds) gets wrong against this truth, one line each; [] when it agrees.
-
-        Checked: same-model pairs at least ``same_model_min``; each unambiguous nearest relative is
-        the most similar item; every clade member more similar to every other member than to anything
-        outside; each unequal merge more similar to its heavier parent.
-        """
-        idx = {label: i for i, label in enumerate(labels)}
-
-        def s(a: str, b: str) -> float:
-            return float(similarity[idx[a]][idx[b]])
-
-        out = []
-        for group in self.same_model:
-            out += [
-                f"same model {a} / {b}: {s(a, b):.4f}"
-                for a in group
-                for b in group
-                if a < b and s(a, b) < same_model_min
-            ]
-        for item, nearest in self.nearest.items():
-            best = max((b for b in labels if b != item), key=lambda b: s(item, b))
-            if best not in nearest:
-                out.append(
-                    f"nearest of {item}: {best} ({s(item, best):.4f}), expected one of {sorted(nearest)}"
-                )
-        for clade in self.clades:
-            inside = min(s(a, b) for a in clade for b in clade if a != b)
-            outside = max(s(a, b) for a in clade for b in labels if b not in clade)
-            if inside <= outside:
-                out.append(
-                    f"clade {sorted(clade)}: weakest inside {inside:.4f} <= strongest outside {outside:.4f}"
-                )
-        for item, (near, far) in self.merge_parents.items():
-            if s(item, near) <= s(item, far):
-                out.append(f"merge {item}: {near} {s(item, near):.4f} <= {far} {s(item, far):.4f}")
-        return out
-
-    def nearest_is_ambiguous(self, item: str) -> bool:
-        """True when the truth names no single nearest relative (or set of same-model ones) for ``item``."""
-        return item not in self.nearest
-
-
-@dataclass(frozen=True)
-class FamilySpec:
-    """A demo family: its members in order (parents before children), the reference item, the truth."""
-
-    name: str
-    description: str
-    members: tuple[Member, ...]
-    truth: FamilyTruth
-    reference: str = "base"
-
-    @property
-    def names(self) -> tuple[str, ...]:
-        return tuple(m.name for m in self.members)
-
-    def member(self, name: str) -> Member:
-        for m in self.members:
-            if m.name == name:
-                return m
-        raise KeyError(name)
-
-
-_SMALL = FamilySpec(
-    name="small",
-    description="base, a fine-tune, a 50/50 merge of base with an unrelated model, two unrelated models",
-    members=(
-        Member("base", "root", seed=SEEDS["base"]),
-        Member("finetune", "finetune", ("base",), strength=FINETUNE_NOISE, seed=SEEDS["finetune-noise"]),
-        Member("merge", "merge", ("base", "unrelated"), (0.5, 0.5)),
-        Member("unrelated", "root", seed=SEEDS["unrelated"]),
-        Member("unrelated-2", "root", seed=SEEDS["unrelated-2"]),
-    ),
-    truth=FamilyTruth(
-        clades=(frozenset({"base", "finetune"}),),
-        nearest={"base": frozenset({"finetune"}), "finetune": frozenset({"base"})},
-        equally_related=(("merge", "base", "unrelated"),),
-        unrelated=frozenset({"unrelated-2"}),
-    ),
-)
-
-# The full family's noise levels (relative to each tensor's std). ft2 is a lighter fine-tune of ft1
-# than ft1 is of base, so ft1 and ft2 are each other's nearest relatives; every fine-tune distance
-# stays well below the 0.25 merge's (0.25 x sqrt 2 = 0.35 of a std from base).
-FULL_FT1_NOISE = 0.10
-FULL_FT2_NOISE = 0.05
-_BASE = frozenset({"base", "base-fp16", "base-pruned"})
-_FULL = FamilySpec(
-    name="full",
-    description=(
-        "base (+ fp16 and EMA-pruned copies), a fine-tune chain base > ft1 > ft2, a second fine-tune ft1b "
-        "and the 50/50 merge of ft1 and ft1b, merges of base with an unrelated root at 0.75/0.5/0.25, "
-        "that root with a fine-tune of its own, and a second unrelated root"
-    ),
-    members=(
-        Member("base", "root", seed=SEEDS["base"], dtype="float32", ema=True),
-        Member("base-fp16", "copy", ("base",), dtype="float16", ema=True),
-        Member("base-pruned", "copy", ("base",), dtype="float32"),
-        Member("ft1", "finetune", ("base",), strength=FULL_FT1_NOISE, seed=21, dtype="float32"),
-        Member("ft2", "finetune", ("ft1",), strength=FULL_FT2_NOISE, seed=23, dtype="float32"),
-        Member("ft1b", "finetune", ("base",), strength=FULL_FT1_NOISE, seed=25, dtype="float32"),
-        Member("merge-ft1-ft1b", "merge", ("ft1", "ft1b"), (0.5, 0.5), dtype="float32"),
-        Member("merge-base75-unrel25", "merge", ("base", "unrel"), (0.75, 0.25), dtype="float32"),
-        Member("merge-base50-unrel50", "merge", ("base", "unrel"), (0.5, 0.5), dtype="float32"),
-        Member("merge-base25-unrel75", "merge", ("base", "unrel"), (0.25, 0.75), dtype="float32"),
-        Member("unrel", "root", seed=SEEDS["unrelated"], dtype="float32"),
-        Member("unrel-ft", "finetune", ("unrel",), strength=FULL_FT1_NOISE, seed=27, dtype="float32"),
-        Member("unrel2", "root", seed=SEEDS["unrelated-2"], dtype="float32"),
-    ),
-    truth=FamilyTruth(
-        same_model=(_BASE,),
-        clades=(
-            _BASE,
-            frozenset({"ft1", "ft2"}),
-            _BASE | {"ft1", "ft2", "ft1b", "merge-ft1-ft1b"},
-            frozenset({"unrel", "unrel-ft"}),
-        ),
-        nearest={
-            "base": _BASE,
-            "base-fp16": _BASE,
-            "base-pruned": _BASE,
-            "ft1": frozenset({"ft2"}),
-            "ft2": frozenset({"ft1"}),
-            "unrel": frozenset({"unrel-ft"}),
-            "unrel-ft": frozenset({"unrel"}),
-        },
-        merge_parents={
-            "merge-base75-unrel25": ("base", "unrel"),
-            "merge-base25-unrel75": ("unrel", "base"),
-        },
-        equally_related=(
-            ("merge-ft1-ft1b", "ft1", "ft1b"),
-            ("merge-base50-unrel50", "base", "unrel"),
-        ),
-        unrelated=frozenset({"unrel2"}),
-    ),
-)
-
-# Each family by name: members with their recipes, the reference item and the expected tree.
-DEMO_FAMILIES: dict[str, FamilySpec] = {"small": _SMALL, "full": _FULL}
-DEFAULT_FAMILY = "small"
-DEMO_MODELS = _SMALL.names  # the default family's members, in order
-
-
 @dataclass
 class DemoFamily:
     """Where :func:`build_family` wrote the models: checkpoint files in the family's member order."""
@@ -358,7 +105,7 @@ class DemoFamily:
     root: Path
     checkpoints: list[Path]
     config_dir: Path
-    spec: FamilySpec = _SMALL
+    spec: FamilySpec = DEMO_FAMILIES[DEFAULT_FAMILY]
     weight_seed: int = 0
 
     @property
@@ -368,18 +115,6 @@ class DemoFamily:
     @property
     def truth(self) -> FamilyTruth:
         return self.spec.truth
-
-
-def get_family(family: str | FamilySpec) -> FamilySpec:
-    """A :class:`FamilySpec` by name (see :data:`DEMO_FAMILIES`); an InputError names the known ones."""
-    if isinstance(family, FamilySpec):
-        return family
-    try:
-        return DEMO_FAMILIES[family]
-    except KeyError:
-        from cfgsim.errors import InputError
-
-        raise InputError(f"demo family {family!r}: unknown (known: {', '.join(DEMO_FAMILIES)})") from None
 
 
 # -- weights -------------------------------------------------------------------------------------
@@ -565,119 +300,6 @@ def ldm_state_dict(parts: Mapping[str, Mapping[str, torch.Tensor]]) -> dict[str,
         None
     ]
     return {k: v.contiguous() for k, v in sorted(state.items())}
-
-
-def webui_yaml(clip_dir: Path) -> str:
-    """The LDM config the WebUI reads from ``<checkpoint>.yaml`` (its v1-inference.yaml, made tiny).
-
-    ``cond_stage_config.params.version`` is the local folder with the CLIP text config and
-    tokenizer, so the WebUI needs no download either.
-    """
-    u, v = UNET_CONFIG, VAE_CONFIG
-    channels = u["block_out_channels"]
-    mult = [c // channels[0] for c in channels]
-    attention = [2**i for i, t in enumerate(u["down_block_types"]) if "Attn" in t]
-    ch_mult = [c // v["block_out_channels"][0] for c in v["block_out_channels"]]
-    return f"""# cfgsim demo: a tiny SD 1.x-architecture model (random weights). WebUI / ldm config.
-model:
-  base_learning_rate: 1.0e-04
-  target: ldm.models.diffusion.ddpm.LatentDiffusion
-  params:
-    linear_start: {SD1_BETA_START}
-    linear_end: {SD1_BETA_END}
-    num_timesteps_cond: 1
-    log_every_t: 200
-    timesteps: {SD1_TRAIN_TIMESTEPS}
-    first_stage_key: "jpg"
-    cond_stage_key: "txt"
-    image_size: 64
-    channels: 4
-    cond_stage_trainable: false
-    conditioning_key: crossattn
-    monitor: val/loss_simple_ema
-    scale_factor: {v["scaling_factor"]}
-    use_ema: False
-
-    unet_config:
-      target: ldm.modules.diffusionmodules.openaimodel.UNetModel
-      params:
-        image_size: 32
-        in_channels: {u["in_channels"]}
-        out_channels: {u["out_channels"]}
-        model_channels: {channels[0]}
-        attention_resolutions: {attention}
-        num_res_blocks: {u["layers_per_block"]}
-        channel_mult: {mult}
-        num_heads: {u["attention_head_dim"]}
-        use_spatial_transformer: True
-        transformer_depth: 1
-        context_dim: {u["cross_attention_dim"]}
-        use_checkpoint: False
-        legacy: False
-
-    first_stage_config:
-      target: ldm.models.autoencoder.AutoencoderKL
-      params:
-        embed_dim: {v["latent_channels"]}
-        monitor: val/rec_loss
-        ddconfig:
-          double_z: true
-          z_channels: {v["latent_channels"]}
-          resolution: 256
-          in_channels: {v["in_channels"]}
-          out_ch: {v["out_channels"]}
-          ch: {v["block_out_channels"][0]}
-          ch_mult: {ch_mult}
-          num_res_blocks: {v["layers_per_block"]}
-          attn_resolutions: []
-          dropout: 0.0
-        lossconfig:
-          target: torch.nn.Identity
-
-    cond_stage_config:
-      target: ldm.modules.encoders.modules.FrozenCLIPEmbedder
-      params:
-        version: {json.dumps(str(clip_dir))}
-"""
-
-
-def write_config_dir(folder: Path) -> Path:
-    """The diffusers-layout configuration folder of the demo architecture (see :mod:`.configs`).
-
-    ``text_encoder/`` also holds the tokenizer files: it is the folder the WebUI's yaml points to,
-    and the WebUI loads CLIP's config and tokenizer from one place.
-    """
-    import diffusers
-
-    folder.mkdir(parents=True, exist_ok=True)
-    _write_json(folder / "unet" / "config.json", {"_class_name": "UNet2DConditionModel", **UNET_CONFIG})
-    _write_json(folder / "vae" / "config.json", {"_class_name": "AutoencoderKL", **VAE_CONFIG})
-    _write_json(folder / "text_encoder" / "config.json", CLIP_CONFIG)
-    _write_json(folder / "scheduler" / "scheduler_config.json", SCHEDULER_CONFIG)
-    write_clip_tokenizer(folder / "tokenizer")
-    for name in os.listdir(folder / "tokenizer"):
-        shutil.copyfile(folder / "tokenizer" / name, folder / "text_encoder" / name)
-    _write_json(
-        folder / "model_index.json",
-        {
-            "_class_name": "StableDiffusionPipeline",
-            "_diffusers_version": diffusers.__version__,
-            "feature_extractor": [None, None],
-            "requires_safety_checker": False,
-            "safety_checker": [None, None],
-            "scheduler": ["diffusers", "EulerDiscreteScheduler"],
-            "text_encoder": ["transformers", "CLIPTextModel"],
-            "tokenizer": ["transformers", "CLIPTokenizer"],
-            "unet": ["diffusers", "UNet2DConditionModel"],
-            "vae": ["diffusers", "AutoencoderKL"],
-        },
-    )
-    return folder
-
-
-def _write_json(path: Path, data: object) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
 
 
 def build_family(
