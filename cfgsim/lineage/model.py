@@ -13,7 +13,7 @@ import numpy as np
 DEFAULT_ALPHA = 0.05
 #: The nearest relative B is "decided" over the runner-up C when C is at least this many times as
 #: far from A as B is (distance = 1 − similarity), with significance over the seeds. Calibrated on
-#: random demo families (benchmarks/bench_lineage.py, README "Lineage verdict"): two fine-tunes of
+#: random demo families (benchmarks/bench_lineage.py, README "The lineage verdict"): two fine-tunes of
 #: one base made with the same recipe are never exactly as near, their realised distance ratio
 #: reaching 1.46 — a plain test of "B nearer than C" calls that difference 30-57 % of the time.
 DEFAULT_MARGIN = 1.5
