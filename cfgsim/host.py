@@ -53,6 +53,9 @@ class Checkpoint:
     model_hash: str | None = None
     sha256: str | None = None
     architecture: str = "unknown"
+    # Where the column comes from: "" (probed in this run, or taken from the probe library for a
+    # selected checkpoint) or "library" (a checkpoint probed before and no longer selected).
+    origin: str = ""
 
     def __post_init__(self) -> None:
         if not self.label:
@@ -74,6 +77,7 @@ class Checkpoint:
             "model_hash": self.model_hash,
             "sha256": self.sha256,
             "architecture": self.architecture,
+            **({"origin": self.origin} if self.origin else {}),
         }
 
     @classmethod
@@ -85,6 +89,7 @@ class Checkpoint:
             model_hash=_opt_str(data.get("model_hash")),
             sha256=_opt_str(data.get("sha256")),
             architecture=str(data.get("architecture") or "unknown"),
+            origin=str(data.get("origin") or ""),
         )
 
 

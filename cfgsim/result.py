@@ -43,6 +43,8 @@ class Cell:
     image: Image.Image | None = None
     infotext: str = ""
     file: str | None = None
+    # "library": the image came from the probe library instead of being generated in this run.
+    origin: str = ""
 
     @property
     def ok(self) -> bool:
@@ -264,6 +266,7 @@ class ProbeResult:
                     "reason": c.reason,
                     "file": c.file,
                     "infotext": c.infotext,
+                    **({"origin": c.origin} if c.origin else {}),
                 }
                 for c in self.cells
             ],
@@ -289,6 +292,7 @@ class ProbeResult:
                 reason=c.get("reason", ""),
                 infotext=c.get("infotext", ""),
                 file=c.get("file"),
+                origin=c.get("origin", ""),
             )
             for c in data.get("cells", [])
         ]
