@@ -210,3 +210,50 @@ def test_result_dict_round_trip(ssim):
     }
     assert_nested_close(again["scores"], data["scores"])
     assert data["is_probe"] is False and data["deviations"] == [["Steps", "256", "8"]]
+
+
+class ThreadedExecutor:
+    """Jobs in parallel threads, in reverse order: what a multi-server executor does to timing."""
+
+    def execute(self, host, spec, jobs, sink):
+        import threading
+
+        from cfgsim.probe import run_job
+
+        threads = [threading.Thread(target=run_job, args=(host, spec, job, sink)) for job in reversed(jobs)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+
+
+class StopEarlyExecutor:
+    """An executor that settles only the first job (a cluster that went away)."""
+
+    def execute(self, host, spec, jobs, sink):
+        from cfgsim.probe import run_job
+
+        run_job(host, spec, jobs[0], sink)
+        sink.stop()
+
+
+def test_a_parallel_executor_gives_the_local_result(ssim):
+    spec = ProbeSpec(seeds="1, 2")
+    local = run_probe(FakeHost(CKPTS), CKPTS, spec, metrics=ssim)
+    threaded = run_probe(FakeHost(CKPTS), CKPTS, spec, metrics=ssim, executor=ThreadedExecutor())
+    assert [c.status for c in threaded.cells] == [OK] * 6
+    for a, b in zip(local.cells, threaded.cells, strict=True):
+        assert (a.item, a.row) == (b.item, b.row)
+        assert np.array_equal(np.asarray(a.image), np.asarray(b.image))
+    for a, b in zip(local.scores["ssim"].per_row, threaded.scores["ssim"].per_row, strict=True):
+        assert np.allclose(a, b)
+
+
+def test_cells_an_executor_never_settled_are_skipped_not_blank(ssim):
+    host = FakeHost(CKPTS)
+    result = run_probe(host, CKPTS, ProbeSpec(seeds="1, 2"), metrics=ssim, executor=StopEarlyExecutor())
+    assert result.interrupted
+    done = [c for c in result.cells if c.status == OK]
+    assert len(done) == 2 and all(c.image is not None for c in done)
+    rest = [c for c in result.cells if c.status != OK]
+    assert len(rest) == 4 and {c.reason for c in rest} == {INTERRUPTED_REASON}
