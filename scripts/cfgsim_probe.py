@@ -174,7 +174,8 @@ class Script(scripts.Script):
                 "still starting?); call it again"
             )
         values = controls.unpack(args, defaults={"metrics": settings.default_metric_labels(shared.opts)})
-        return run_probe_script(p, values, webui())
+        cfg_denoiser = _optional("modules.sd_samplers_cfg_denoiser")  # the cond-only hook's target
+        return run_probe_script(p, values, webui(), cfg_denoiser=cfg_denoiser)
 
 
 script_callbacks.on_ui_settings(lambda: settings.register_settings(shared.opts, shared.OptionInfo, gr))

@@ -29,6 +29,8 @@ from cfgsim.host import Checkpoint, CheckpointLoadError, Generated, ProbeInterru
 from cfgsim.probe import error_text
 from cfgsim.result import ProbeResult
 from cfgsim.spec import ProbeSpec
+from cfgsim.webui.condonly import ENV_KEY as COND_ONLY_KEY
+from cfgsim.webui.condonly import PROBE_FLAG
 from cfgsim.webui.context import WebUI
 from cfgsim.webui.options import CHECKPOINT_OPTION, forced_overrides, known, recorded_values
 
@@ -114,6 +116,8 @@ def probe_processing(p: Any, spec: ProbeSpec, seed: int, checkpoint: str | None,
     if hasattr(pc, "txt2img_upscale"):
         pc.txt2img_upscale = False
     pc.scripts = None
+    # Marks the copy as the probe's: the cond-only hook (cfgsim.webui.condonly) touches only these.
+    setattr(pc, PROBE_FLAG, True)
     # The copy is shallow: fresh containers, or cells would write into each other and into p.
     pc.extra_generation_params = {}
     pc.comments = {}
@@ -154,6 +158,8 @@ class WebUIHost:
         self.webui = webui
         self.sd_models = webui.sd_models
         self._infos: dict[str, Any] = {}
+        # Which path skips the uncond pass at CFG 1 (cfgsim.webui.condonly mode), None: not said.
+        self.cond_only: str | None = None
 
     # -- checkpoints -------------------------------------------------------------------------------
 
@@ -325,5 +331,7 @@ class WebUIHost:
         env.update(recorded_values(self.webui.opts, getattr(self.p, "override_settings", None)))
         env["Precision"] = self.webui.precision()
         env["Always-on scripts"] = "off during the probe"
+        if self.cond_only:
+            env[COND_ONLY_KEY] = self.cond_only
         env["cfgsim"] = cfgsim_version
         return env

@@ -23,11 +23,19 @@ from cfgsim.render import render_all
 from cfgsim.render.grid import GRID_LAYOUT_INFO
 from cfgsim.result import ProbeResult, Reference
 from cfgsim.spec import SpecChoice
+from cfgsim.webui.condonly import ENV_KEY as COND_ONLY_KEY
+from cfgsim.webui.condonly import CondOnly
 from cfgsim.webui.context import WebUI
 from cfgsim.webui.host import WebUIHost, probe_processing
 from cfgsim.webui.options import infotext_values, setting
 from cfgsim.webui.restore import RestoreWebUI
-from cfgsim.webui.settings import OVERLAY_STYLES, keep_clip_loaded, metric_options, overlay_style
+from cfgsim.webui.settings import (
+    OVERLAY_STYLES,
+    keep_clip_loaded,
+    metric_options,
+    overlay_style,
+    skip_uncond,
+)
 
 log = logging.getLogger("cfgsim")
 
@@ -161,10 +169,16 @@ def save_grid(
     return fullfn
 
 
-def run_probe_script(p: Any, values: controls.ProbeArgs, webui: WebUI) -> Any:
-    """Everything ``Script.run`` does, with the WebUI's modules as parameters (tests pass fakes)."""
+def run_probe_script(p: Any, values: controls.ProbeArgs, webui: WebUI, cfg_denoiser: Any = None) -> Any:
+    """Everything ``Script.run`` does, with the WebUI's modules as parameters (tests pass fakes).
+
+    ``cfg_denoiser``: A1111's ``modules.sd_samplers_cfg_denoiser``, for the cond-only hook at CFG 1
+    (:mod:`cfgsim.webui.condonly`; None: the stock path, recorded as not available).
+    """
     opts = webui.opts
     host = WebUIHost(p, webui)
+    cond_only = CondOnly.for_module(cfg_denoiser, forge=webui.is_forge, enabled=skip_uncond(opts))
+    host.cond_only = cond_only.mode
 
     if not values.checkpoints:
         raise InputError("Checkpoints to probe: select at least one checkpoint")
@@ -182,7 +196,7 @@ def run_probe_script(p: Any, values: controls.ProbeArgs, webui: WebUI) -> Any:
     metrics = build_metrics(values.metrics, metric_options(opts))
 
     try:
-        with RestoreWebUI(host, getattr(p, "override_settings", None) or {}):
+        with RestoreWebUI(host, getattr(p, "override_settings", None) or {}), cond_only:
             result = run_probe(
                 host,
                 checkpoints,
@@ -195,6 +209,7 @@ def run_probe_script(p: Any, values: controls.ProbeArgs, webui: WebUI) -> Any:
     finally:
         if not keep_clip_loaded(opts):
             release_cached_models()
+    result.environment[COND_ONLY_KEY] = cond_only.environment_value()
     host.fill_hashes(result)
     weights, weights_error = None, ""
     if values.compare_weights:

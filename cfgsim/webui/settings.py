@@ -22,6 +22,7 @@ SETTING_KEYS = (
     "cfgsim_clip_pretrained",
     "cfgsim_clip_keep_loaded",
     "cfgsim_overlay_style",
+    "cfgsim_skip_uncond",
 )
 
 
@@ -70,6 +71,15 @@ def register_settings(opts: Any, option_info: Any, gr: Any) -> None:
             section=section,
         ),
     )
+    opts.add_option(
+        "cfgsim_skip_uncond",
+        option_info(
+            True,
+            "Skip the unconditional pass at CFG 1 during probes (A1111: half the UNet work, the same "
+            "image up to float rounding; Forge always skips it)",
+            section=section,
+        ),
+    )
 
 
 def metric_options(opts: Any) -> dict[str, dict[str, Any]]:
@@ -89,7 +99,15 @@ def metric_options(opts: Any) -> dict[str, dict[str, Any]]:
 
 
 def keep_clip_loaded(opts: Any) -> bool:
-    value = setting(opts, "cfgsim_clip_keep_loaded", True)
+    return _flag(setting(opts, "cfgsim_clip_keep_loaded", True))
+
+
+def skip_uncond(opts: Any) -> bool:
+    """The "skip the unconditional pass at CFG 1" setting (see :mod:`cfgsim.webui.condonly`)."""
+    return _flag(setting(opts, "cfgsim_skip_uncond", True))
+
+
+def _flag(value: Any) -> bool:
     return value if isinstance(value, bool) else str(value).strip().lower() not in ("false", "0", "no", "off")
 
 
