@@ -394,6 +394,14 @@ def test_the_setting_off_runs_the_stock_path(web_with_denoiser, p, mod):
     assert cfgsim_json(processed)["environment"]["Cond-only"] == MODE_OFF
 
 
+def test_an_api_request_can_turn_it_off_for_itself(web_with_denoiser, p):
+    web = web_with_denoiser()
+    p.override_settings = {"cfgsim_skip_uncond": False}
+    processed = web.script.Script().run(p, ["base"])
+    assert web.rows == [2 * STEPS]
+    assert cfgsim_json(processed)["environment"]["Cond-only"] == MODE_OFF
+
+
 def test_forge_hooks_nothing_and_records_its_own_skip(web_with_denoiser, p, mod):
     web = web_with_denoiser(forge=True)
     processed = web.script.Script().run(p, ["base"])

@@ -11,7 +11,11 @@ What the WebUI (AUTOMATIC1111 v1.8, txt2img) does for the probe, and what this m
 2. **CFG 1.** ``CFGDenoiser`` returns ``uncond + (cond - uncond) · scale``. At scale 1 that is
    ``cond``: the negative prompt (the probe's zero-weighted one or any other) cannot change the
    result, so the unconditional pass is not run at all (as Forge does). The WebUI still runs it,
-   so its images differ from these by float rounding only.
+   so its images differ from these by float rounding only. ``stock_cfg=True`` runs it the WebUI's
+   way, for measurements (``benchmarks/bench_condonly.py``): the negative prompt is encoded too
+   (as plain text: its ``(word:0)`` weights are not applied, which at CFG 1 changes nothing but
+   rounding), cond and uncond go through the UNet as one batch of two rows per image, and
+   ``ε = ε_u + (ε_c − ε_u) · scale`` (the WebUI combines the denoised ``x − σε``: the same sum).
 3. **Noise.** One (4, H/8, W/8) tensor per seed (:mod:`.noise`), times the first sigma.
 4. **Euler** (k-diffusion ``sample_euler``, no churn) over the discrete schedule (:mod:`.schedule`):
    the UNet sees ``x / sqrt(σ² + 1)`` at the fractional timestep of σ and predicts ε; the denoised
@@ -391,9 +395,11 @@ def generate(
     *,
     rng: str = "cpu",
     callback: StepCallback | None = None,
+    stock_cfg: bool = False,
 ) -> Image.Image:
-    """The probe image of the loaded checkpoint for ``seed`` under ``spec`` (CFG 1, no uncond pass)."""
-    return generate_batch(models, spec, [seed], rng=rng, callback=callback)[0]
+    """The probe image of the loaded checkpoint for ``seed`` under ``spec`` (CFG 1, no uncond pass;
+    ``stock_cfg``: with it, as the WebUI does — module doc, 2)."""
+    return generate_batch(models, spec, [seed], rng=rng, callback=callback, stock_cfg=stock_cfg)[0]
 
 
 def generate_batch(
@@ -403,6 +409,7 @@ def generate_batch(
     *,
     rng: str = "cpu",
     callback: StepCallback | None = None,
+    stock_cfg: bool = False,
 ) -> list[Image.Image]:
     """The probe images of the loaded checkpoint for several ``seeds`` in one batch.
 
@@ -410,6 +417,7 @@ def generate_batch(
     per-image noise), then the latents are stacked and sampled together: one UNet call per step
     for the whole batch. Sampling is element-wise, so each image is the one made alone up to the
     batch-size dependence of the floating-point kernels (measured in the tests and the benchmark).
+    ``stock_cfg``: run the unconditional pass too, as the WebUI does (module doc, 2).
     """
     import torch
 
@@ -419,12 +427,21 @@ def generate_batch(
     with torch.inference_mode():
         cond = models.text.encode(spec.prompt, spec.clip_skip).to(models.dtype)
         batch_cond = cond.expand(len(seeds), *cond.shape[1:])
+        if stock_cfg:
+            uncond = models.text.encode(spec.negative_prompt, spec.clip_skip).to(models.dtype)
+            if uncond.shape != cond.shape:
+                raise InputError("stock CFG: the negative prompt must fit one 75-token chunk like the prompt")
+            batch_cond = torch.cat([batch_cond, uncond.expand(len(seeds), *uncond.shape[1:])])
 
         def eps_model(x_in: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            out = models.unet(
-                x_in.to(models.dtype), t.to(models.device), encoder_hidden_states=batch_cond
-            ).sample
-            return out.float()
+            x_in = x_in.to(models.dtype)
+            if stock_cfg:  # cond rows then uncond rows, one UNet call, then the CFG combination
+                x_in = torch.cat([x_in, x_in])
+            out = models.unet(x_in, t.to(models.device), encoder_hidden_states=batch_cond).sample.float()
+            if stock_cfg:
+                eps_c, eps_u = out.chunk(2)
+                return eps_u + (eps_c - eps_u) * float(spec.cfg_scale)
+            return out
 
         shape = latent_shape(spec.width, spec.height)
         noise = torch.cat([initial_noise(seed, shape, rng, models.device) for seed in seeds])

@@ -155,6 +155,14 @@ class _Call:
             if not fill:
                 return out
         self.counts.filled += len(fill)
+        if evaluate and all(local is not None for local in fill.values()):
+            # One batch (batch_cond_uncond): each row is a row of `out`, gathered in one operation.
+            position = {k: j for j, k in enumerate(evaluate)}
+            rows = [position[k] if k in position else position[fill[k]] for k in range(n)]  # type: ignore[index]
+            return out.index_select(0, torch.tensor(rows, device=out.device))
+        if not evaluate and all(local is None for local in fill.values()):
+            # The uncond batch of its own: the stored cond outputs, in order.
+            return torch.stack([self.cond_rows[first + k - self.images][3] for k in range(n)])
         for k, local in fill.items():
             source = first + k - self.images
             out_rows[k] = out_rows[local] if local is not None else self.cond_rows[source][3].unsqueeze(0)

@@ -169,6 +169,15 @@ def save_grid(
     return fullfn
 
 
+def probe_library(webui: WebUI) -> Any:
+    """The probe library of this WebUI (:mod:`cfgsim.library.webui`), None when off or unusable."""
+    from cfgsim.library.webui import data_dir, library_for_run
+    from cfgsim.webui.settings import library_dir, library_enabled
+
+    opts = webui.opts
+    return library_for_run(library_enabled(opts), library_dir(opts), data_dir(webui.shared))
+
+
 def run_probe_script(p: Any, values: controls.ProbeArgs, webui: WebUI, cfg_denoiser: Any = None) -> Any:
     """Everything ``Script.run`` does, with the WebUI's modules as parameters (tests pass fakes).
 
@@ -177,7 +186,7 @@ def run_probe_script(p: Any, values: controls.ProbeArgs, webui: WebUI, cfg_denoi
     """
     opts = webui.opts
     host = WebUIHost(p, webui)
-    cond_only = CondOnly.for_module(cfg_denoiser, forge=webui.is_forge, enabled=skip_uncond(opts))
+    cond_only = CondOnly.for_module(cfg_denoiser, forge=webui.is_forge, enabled=skip_uncond(opts, p))
     host.cond_only = cond_only.mode
 
     if not values.checkpoints:
@@ -194,6 +203,7 @@ def run_probe_script(p: Any, values: controls.ProbeArgs, webui: WebUI, cfg_denoi
     spec = choice.spec
     reference = build_reference(values, checkpoints, host, choice)
     metrics = build_metrics(values.metrics, metric_options(opts))
+    library = probe_library(webui)
 
     try:
         with RestoreWebUI(host, getattr(p, "override_settings", None) or {}), cond_only:
@@ -205,6 +215,8 @@ def run_probe_script(p: Any, values: controls.ProbeArgs, webui: WebUI, cfg_denoi
                 reference=reference,
                 preset=choice.preset,
                 deviations=choice.deviations,
+                library=library,
+                with_library=values.with_library and library is not None,
             )
     finally:
         if not keep_clip_loaded(opts):

@@ -23,6 +23,8 @@ SETTING_KEYS = (
     "cfgsim_clip_keep_loaded",
     "cfgsim_overlay_style",
     "cfgsim_skip_uncond",
+    "cfgsim_library",
+    "cfgsim_library_dir",
 )
 
 
@@ -80,6 +82,36 @@ def register_settings(opts: Any, option_info: Any, gr: Any) -> None:
             section=section,
         ),
     )
+    register_library_settings(opts, option_info)
+
+
+def register_library_settings(opts: Any, option_info: Any) -> None:
+    """The probe library's two settings (see :mod:`cfgsim.library`)."""
+    opts.add_option(
+        "cfgsim_library",
+        option_info(
+            True,
+            "Probe library: keep every probe image and take images probed before from it (the same "
+            "checkpoint content, settings and seed are not generated again)",
+            section=SETTINGS_SECTION,
+        ),
+    )
+    opts.add_option(
+        "cfgsim_library_dir",
+        option_info(
+            "",
+            "Probe library folder (empty = cfgsim-library in the WebUI's data folder)",
+            section=SETTINGS_SECTION,
+        ),
+    )
+
+
+def library_enabled(opts: Any) -> bool:
+    return _flag(setting(opts, "cfgsim_library", True))
+
+
+def library_dir(opts: Any) -> str:
+    return str(setting(opts, "cfgsim_library_dir", "") or "").strip()
 
 
 def metric_options(opts: Any) -> dict[str, dict[str, Any]]:
@@ -102,8 +134,12 @@ def keep_clip_loaded(opts: Any) -> bool:
     return _flag(setting(opts, "cfgsim_clip_keep_loaded", True))
 
 
-def skip_uncond(opts: Any) -> bool:
-    """The "skip the unconditional pass at CFG 1" setting (see :mod:`cfgsim.webui.condonly`)."""
+def skip_uncond(opts: Any, p: Any = None) -> bool:
+    """The "skip the unconditional pass at CFG 1" setting (see :mod:`cfgsim.webui.condonly`); an
+    API request's ``override_settings`` (``p``'s) decide for that request."""
+    requested = getattr(p, "override_settings", None) or {}
+    if "cfgsim_skip_uncond" in requested:
+        return _flag(requested["cfgsim_skip_uncond"])
     return _flag(setting(opts, "cfgsim_skip_uncond", True))
 
 
