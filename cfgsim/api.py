@@ -182,6 +182,8 @@ def probe_checkpoints(
     alpha: float = _lineage.DEFAULT_ALPHA,
     replicates: int = _lineage.DEFAULT_REPLICATES,
     margin: float = _lineage.DEFAULT_MARGIN,
+    library: str | os.PathLike[str] | bool | Any = None,
+    with_library: bool = False,
 ) -> ProbeResult:
     """Probe SD 1.x single-file checkpoints with the standalone runner and compare the images.
 
@@ -189,6 +191,12 @@ def probe_checkpoints(
     skip 2); pass ``ProbeSpec(seeds=range(1, 9))`` for eight seeds. Needs the ``standalone`` extra
     (torch, diffusers) and the SD 1.x configuration folder (``config_dir``) when offline. Real
     weights only: a file that is not a checkpoint raises an error naming it.
+
+    ``library``: the probe library (:mod:`cfgsim.library`) — a folder, ``True`` for the default
+    folder (as the command line uses), or a :class:`cfgsim.library.ProbeLibrary`. Unlike the command
+    line, the Python API uses **no library unless one is given** (the default ``None``). Images it
+    holds for the same checkpoint content, settings and seed are taken from it, new ones are stored.
+    ``with_library``: also compare every checkpoint it holds under the same settings ("(library)").
     """
     from cfgsim.compare import build_metrics
     from cfgsim.probe import run_probe
@@ -205,6 +213,16 @@ def probe_checkpoints(
         ) from None
     spec = spec or ProbeSpec()
     check_spec(spec)
+    if library is None or library is False:
+        probe_library = None
+    elif hasattr(library, "lookup"):
+        probe_library = library
+    else:
+        from cfgsim.library import open_library
+
+        probe_library = open_library(None if library is True else library)
+    if with_library and probe_library is None:
+        raise InputError("with_library: needs a library (library=True or a folder)")
     paths = [check_checkpoint_path(p) for p in checkpoints]
     host = StandaloneHost(paths, config_dir=config_dir, device=device, rng=rng, quiet=True)
     ref = Reference()
@@ -219,6 +237,8 @@ def probe_checkpoints(
         metrics=build_metrics(metrics),
         reference=ref,
         lineage_options={"alpha": alpha, "replicates": replicates, "margin": margin},
+        library=probe_library,
+        with_library=with_library,
     )
 
 

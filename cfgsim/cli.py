@@ -30,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     from cfgsim import commands
 
     commands.register(sub)
+    __import__("cfgsim.library.commands").library.commands.register(sub)  # `library` (issue 10)
     __import__("cfgsim.scale.cli").scale.cli.register(sub)  # `nearest` (issue 12)
     try:
         from cfgsim.standalone import commands as standalone_commands

@@ -302,6 +302,15 @@ CONTROLS: tuple[Control, ...] = (
         "identical (UNet, text encoder, VAE), per-block similarity, and with a reference checkpoint "
         "each other checkpoint's merge recipe in terms of the reference and the rest.",
     ),
+    Control(
+        "with_library",
+        "Include checkpoints probed before (from the library)",
+        "bool",
+        False,
+        "Also compare every checkpoint the probe library holds under the same settings (made "
+        "earlier, maybe no longer installed): their columns are labelled (library) and nothing is "
+        "generated for them. Needs the probe library (Settings → CFG similarity).",
+    ),
 )
 
 CONTROL_NAMES = tuple(control.name for control in CONTROLS)
@@ -327,6 +336,7 @@ class ProbeArgs:
     include_images: bool = False
     preview_steps: int = 0
     compare_weights: bool = False
+    with_library: bool = False
 
 
 def unpack(args: Sequence[Any], *, defaults: Mapping[str, Any] | None = None) -> ProbeArgs:

@@ -26,6 +26,7 @@ from modules import images, processing, script_callbacks, scripts, sd_models, sh
 # The WebUI puts the extension root on sys.path only while it loads scripts/: import cfgsim here.
 from cfgsim import controls
 from cfgsim.errors import InputError
+from cfgsim.library.webui import panel_html as library_panel
 from cfgsim.webui import WebUI, run_probe_script, settings, ui
 
 TITLE = "CFG 1.0 similarity probe"
@@ -56,6 +57,11 @@ def webui() -> WebUI:
 
 def _checkpoint_choices() -> list[str]:
     return ui.checkpoint_choices(sd_models)
+
+
+def _library_html(clear: bool = False) -> str:
+    """The probe library's size line (reads only); ``clear``: the "Clear library" button."""
+    return library_panel(shared, _optional("modules.paths_internal"), clear=clear)
 
 
 class Script(scripts.Script):
@@ -121,6 +127,14 @@ class Script(scripts.Script):
                     make(name)
             preview = make("preview_steps")
             make("compare_weights")
+            with gr.Row(**row):
+                make("with_library")
+                library_size = gr.HTML(value=_library_html(), elem_id="cfgsim_library_info")
+                clear_library = gr.Button(
+                    value="Clear library",
+                    elem_id="cfgsim_library_clear",
+                    elem_classes=["cfgsim-library-clear"],
+                )
             gr.HTML(value=ui.hints_html(), elem_id="cfgsim_hints", elem_classes=["cfgsim-hints-box"])
 
         checkpoints.change(
@@ -134,6 +148,7 @@ class Script(scripts.Script):
             outputs=[reference_checkpoint, image],
         )
         preset.change(fn=lambda name: gr.update(**ui.preset_changed(name)), inputs=[preset], outputs=[seeds])
+        clear_library.click(fn=lambda: _library_html(clear=True), inputs=[], outputs=[library_size])
         for component in (preset, seeds, mode, image, preview):
             component.change(
                 fn=ui.reference_info_html, inputs=[preset, seeds, mode, image, preview], outputs=[info]

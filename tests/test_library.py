@@ -404,3 +404,17 @@ def test_library_checkpoints_per_settings_key(library):
         ("b", (1, 2), "sd1"),
     ]
     assert library.checkpoints(settings_key(SPEC, "other host", {})) == []
+
+
+def test_the_library_imports_no_torch():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, cfgsim.library, cfgsim.library.manage, cfgsim.library.commands, cfgsim.library.webui, "
+        "cfgsim.library.index; print(sorted(m for m in ('torch', 'diffusers', 'gradio') if m in sys.modules))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert done.stdout.strip() == "[]"

@@ -118,6 +118,26 @@ def test_probe_takes_a_rerun_from_the_library_and_adds_library_columns(family, t
     assert "--no-library: cannot be combined" in capsys.readouterr().err
 
 
+def test_demo_and_the_python_api_use_the_library(family, tmp_path, capsys):
+    lib = str(tmp_path / "lib")
+    quick = ["--size", "64", "--steps", "1", "--out", str(tmp_path / "demo"), "--library", lib]
+    assert cli("demo", *quick) == 0
+    assert "library: 0 of 5 image(s) from the probe library, 5 stored" in capsys.readouterr().out
+    assert cli("demo", *quick) == 0
+    assert "library: 5 of 5 image(s) from the probe library, 0 stored" in capsys.readouterr().out
+
+    import cfgsim
+    from cfgsim.spec import ProbeSpec
+
+    spec = ProbeSpec(width=64, height=64, steps=1)
+    paths = family.checkpoints[:2]
+    first = cfgsim.probe_checkpoints(paths, spec=spec, config_dir=family.config_dir, library=tmp_path / "api")
+    again = cfgsim.probe_checkpoints(paths, spec=spec, config_dir=family.config_dir, library=tmp_path / "api")
+    assert [c.origin for c in first.cells] == ["", ""] and [c.origin for c in again.cells] == ["library"] * 2
+    plain = cfgsim.probe_checkpoints(paths, spec=spec, config_dir=family.config_dir)  # no library by default
+    assert [c.origin for c in plain.cells] == ["", ""]
+
+
 # -- the WebUI script ------------------------------------------------------------------------------
 
 
@@ -160,10 +180,22 @@ def test_webui_library_in_the_data_folder(webui, p, tmp_path):
     assert web.received == []
     text = library_webui.size_text(True, "", str(data))
     assert "4 image(s)" in text and str(data / "cfgsim-library") in text
-    assert "Probe library: 0 image(s)" in library_webui.clear_library(True, "", str(data))
+    shared = web.modules["modules.shared"]
+    assert "4 image(s)" in library_webui.panel_html(shared)
+    assert "Probe library: 0 image(s)" in library_webui.panel_html(shared, clear=True)
     web.received.clear()
     script.run(p, *script_args(["base"], seeds="1"))
     assert len(web.received) == 1  # cleared: made again
+
+
+def test_the_script_panel_shows_the_library_without_creating_it(webui, tmp_path):
+    web = webui()
+    web.modules["modules.shared"].cmd_opts.data_dir = str(tmp_path / "data")
+    web.script.Script().ui(False)
+    assert not (tmp_path / "data").exists()
+    assert "empty" in library_webui.panel_html(web.modules["modules.shared"])
+    web.opts.data["cfgsim_library"] = False
+    assert "off" in library_webui.panel_html(web.modules["modules.shared"])
 
 
 def test_webui_library_off_or_unknown_data_folder_stores_nothing(webui, p, tmp_path):

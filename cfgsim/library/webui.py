@@ -78,3 +78,13 @@ def clear_library(enabled: bool, folder: str, data: str | None) -> str:
         return f'<p class="cfgsim-library-size cfgsim-error">{html.escape(str(exc))}</p>'
     log.info("cfgsim: probe library %s cleared: %d image(s), %s", root, images, format_size(size))
     return size_html(enabled, folder, data)
+
+
+def panel_html(shared: Any, paths_internal: Any = None, *, clear: bool = False) -> str:
+    """The script panel's library line from the WebUI's settings and data folder (reads only, so
+    ``ui()`` stays free of side effects); ``clear``: empty the library first (its button)."""
+    from cfgsim.webui.settings import library_dir, library_enabled
+
+    opts = getattr(shared, "opts", None)
+    where = (library_enabled(opts), library_dir(opts), data_dir(shared, paths_internal))
+    return clear_library(*where) if clear else size_html(*where)

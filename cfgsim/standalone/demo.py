@@ -46,7 +46,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from cfgsim.standalone import keymap
 from cfgsim.standalone.checkpoint import CLIP_PREFIX, UNET_PREFIX, VAE_PREFIX
@@ -412,10 +412,13 @@ def probe_family(
     quiet: bool = False,
     metrics: Sequence[str] = ("ssim",),
     batch_size: int | None = None,
+    library: Any = None,
+    with_library: bool = False,
 ) -> ProbeResult:
     """Probe a built family with the real standalone runner, scored against the family's reference.
 
-    ``batch_size``: seeds per batch (default: the host's, 1 on the CPU)."""
+    ``batch_size``: seeds per batch (default: the host's, 1 on the CPU). ``library``/``with_library``:
+    the probe library (:mod:`cfgsim.library`), as for :func:`cfgsim.probe.run_probe`."""
     from cfgsim.compare import build_metrics
     from cfgsim.probe import run_probe
     from cfgsim.result import Reference
@@ -439,6 +442,8 @@ def probe_family(
         reference=Reference("item", family.names.index(reference), reference),
         preset=DEFAULT_PRESET,
         deviations=get_preset(DEFAULT_PRESET).differences(spec),
+        library=library,
+        with_library=with_library,
     )
 
 
@@ -456,6 +461,8 @@ def run_demo(
     quiet: bool = False,
     write: bool = True,
     batch_size: int | None = None,
+    library: Any = None,
+    with_library: bool = False,
 ) -> tuple[ProbeResult, dict[str, Path]]:
     """Build a family in ``out_dir``, probe it against its reference (``base``) and write grid,
     heatmaps and metadata (``write=False``: only return the result).
@@ -472,6 +479,15 @@ def run_demo(
 
     spec = demo_spec(steps=steps, seeds=seeds, size=size, reduced=reduced)
     built = build_family(out_dir, family=family, weight_seed=weight_seed)
-    result = probe_family(built, spec, device=device, rng=rng, quiet=quiet, batch_size=batch_size)
+    result = probe_family(
+        built,
+        spec,
+        device=device,
+        rng=rng,
+        quiet=quiet,
+        batch_size=batch_size,
+        library=library,
+        with_library=with_library,
+    )
     written = write_outputs(result, out_dir) if write else {}
     return result, written
