@@ -614,6 +614,9 @@ def test_settings_section(webui, p):
         "cfgsim_clip_pretrained",
         "cfgsim_clip_keep_loaded",
         "cfgsim_overlay_style",
+        "cfgsim_skip_uncond",
+        "cfgsim_library",
+        "cfgsim_library_dir",
     ]
     assert all(labels[k].section == ("cfgsim", "CFG similarity") for k in keys)
     # The default metrics setting is the checkbox group's default in ui() and for the API.

@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 
 from cfgsim.errors import InputError
+from cfgsim.library.commands import add_probe_options as add_library_options
+from cfgsim.library.commands import library_from_args, library_report
 
 STANDALONE_EXTRA = "pip install 'cfgsim[standalone]'"
 
@@ -71,6 +73,41 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="N",
         help="seeds of one checkpoint generated together (default: 1 on the CPU, what fits on CUDA)",
     )
+    p.add_argument(
+        "--executor",
+        choices=["local", "ray"],
+        default="local",
+        help="where the images are made: local (this process, default) or ray (one task per checkpoint "
+        "on a Ray cluster, one GPU each where it has GPUs; needs pip install 'cfgsim[ray]')",
+    )
+    p.add_argument(
+        "--ray-address",
+        metavar="ADDR",
+        default=None,
+        help="the Ray cluster for --executor ray, e.g. 10.0.0.1:6379 (default: RAY_ADDRESS, else a local "
+        "Ray started for this run); nodes read the checkpoints at the paths given here",
+    )
+    p.add_argument(
+        "--webui",
+        action="append",
+        metavar="URL",
+        help="run on a WebUI server started with --api (A1111/Forge) instead of here; repeat for several "
+        "servers sharing the work. CHECKPOINT is then a checkpoint's title, name or hash on the servers",
+    )
+    p.add_argument(
+        "--api-auth",
+        metavar="USER:PASS",
+        default=None,
+        help="credentials for servers started with --api-auth (default: CFGSIM_API_AUTH)",
+    )
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        metavar="S",
+        help="--webui: seconds to wait for one image before the server counts as down (default 1800)",
+    )
+    add_library_options(p)
     p.set_defaults(func=cmd_probe)
 
     d = sub.add_parser(
@@ -108,6 +145,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.add_argument(
         "--rng", choices=["cpu", "nv", "gpu"], default="cpu", help="initial-noise source (default: cpu)"
     )
+    add_library_options(d)
     d.set_defaults(func=cmd_demo)
 
 
@@ -157,6 +195,10 @@ def probe_spec(args: argparse.Namespace, reference_infotext: str | None):
 
 
 def cmd_probe(args: argparse.Namespace) -> int:
+    if getattr(args, "webui", None):  # the servers make the images: no torch needed here
+        from cfgsim.remote.commands import cmd_probe_remote
+
+        return cmd_probe_remote(args)
     _require_extra()
     _offline()
     from cfgsim.commands import lineage_options, metric_options, reference_from_args
@@ -189,7 +231,13 @@ def cmd_probe(args: argparse.Namespace) -> int:
         config_dir = find_config_beside(paths)
         if config_dir is not None:
             print(f"note: model configuration from {config_dir} (found beside the checkpoints)")
-    host = StandaloneHost(
+    make_host, executor = StandaloneHost, None
+    if getattr(args, "executor", "local") == "ray":
+        from cfgsim.distributed import RayExecutor
+
+        executor = RayExecutor(address=getattr(args, "ray_address", None))
+        make_host = executor.host  # the nodes' device; the driver loads no model
+    host = make_host(
         paths,
         config_dir=config_dir,
         device=args.device,
@@ -198,6 +246,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         labels=labels,
     )
+    library = library_from_args(args)
     started = time.perf_counter()
     result = run_probe(
         host,
@@ -208,10 +257,15 @@ def cmd_probe(args: argparse.Namespace) -> int:
         preset=args.preset,
         deviations=deviations,
         lineage_options=options,
+        executor=executor,
+        library=library,
+        with_library=bool(args.with_library),
     )
     written = write_outputs(result, args.out, overlays=not args.no_overlays)
     print(summary_table(result))
     _print_verdict(result)
+    for line in library_report(result, library):
+        print(line)
     print(f"probed {len(paths)} checkpoint(s) in {time.perf_counter() - started:.1f} s")
     _print_written(written)
     return _exit_status(result)
@@ -261,6 +315,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from cfgsim.standalone.demo import get_family, run_demo
 
     family = get_family(args.family)
+    library = library_from_args(args)
     started = time.perf_counter()
     seeds = parse_seeds(args.seeds) if args.seeds is not None else None
     result, written = run_demo(
@@ -274,9 +329,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
         device=args.device,
         rng=args.rng,
         quiet=bool(getattr(args, "quiet", False)),
+        library=library,
+        with_library=bool(args.with_library),
     )
     print(summary_table(result))
     _print_verdict(result)
+    for line in library_report(result, library):
+        print(line)
     print(f"lineage ({family.name} family; higher = closer to {family.reference}):")
     for member in family.members:
         print(f"  {member.name:<22} {member.recipe}")
