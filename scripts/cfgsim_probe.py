@@ -130,11 +130,7 @@ class Script(scripts.Script):
             with gr.Row(**row):
                 make("with_library")
                 library_size = gr.HTML(value=_library_html(), elem_id="cfgsim_library_info")
-                clear_library = gr.Button(
-                    value="Clear library",
-                    elem_id="cfgsim_library_clear",
-                    elem_classes=["cfgsim-library-clear"],
-                )
+                clear_library = gr.Button(value="Clear library", elem_id="cfgsim_library_clear")
             gr.HTML(value=ui.hints_html(), elem_id="cfgsim_hints", elem_classes=["cfgsim-hints-box"])
 
         checkpoints.change(
