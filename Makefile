@@ -20,7 +20,7 @@ $(VENV)/.cfgsim-installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install -q --upgrade pip
 	$(VENV)/bin/python -m pip install -q $(TORCH)
-	$(VENV)/bin/python -m pip install -q -e '.[standalone,clip,test,ray]'
+	$(VENV)/bin/python -m pip install -q -e '.[standalone,clip,test,ray,scale]'
 	touch $@
 
 setup: $(VENV)/.cfgsim-installed
