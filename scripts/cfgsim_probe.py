@@ -129,7 +129,8 @@ class Script(scripts.Script):
             make("compare_weights")
             with gr.Row(**row):
                 make("with_library")
-                library_size = gr.HTML(value=_library_html(), elem_id="cfgsim_library_info")
+                # A callable: read again at every page load (a plain value is frozen at startup).
+                library_size = gr.HTML(value=_library_html, elem_id="cfgsim_library_info")
                 clear_library = gr.Button(value="Clear library", elem_id="cfgsim_library_clear")
             gr.HTML(value=ui.hints_html(), elem_id="cfgsim_hints", elem_classes=["cfgsim-hints-box"])
 
