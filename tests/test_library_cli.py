@@ -212,3 +212,20 @@ def test_webui_library_off_or_unknown_data_folder_stores_nothing(webui, p, tmp_p
     assert len(web.received) == 1
     assert library_webui.data_dir(types.SimpleNamespace(), types.SimpleNamespace(data_path="/d")) == "/d"
     assert os.fspath(library_webui.library_root("/x/lib", None)) == "/x/lib"
+
+
+def test_an_api_request_may_turn_the_library_off_for_itself(webui, p, tmp_path):
+    """``override_settings`` decide for that request, as for the cond-only setting."""
+    web = webui()
+    data = tmp_path / "webui-data"
+    web.modules["modules.shared"].cmd_opts.data_dir = str(data)
+    script = web.script.Script()
+    script.run(p, *script_args(["base"], seeds="1"))
+    web.received.clear()
+    p.override_settings = {"cfgsim_library": False}
+    script.run(p, *script_args(["base"], seeds="1"))
+    assert len(web.received) == 1  # made again: the request turned the library off
+    p.override_settings = {"cfgsim_library_dir": str(tmp_path / "elsewhere")}
+    script.run(p, *script_args(["base"], seeds="1"))
+    assert (tmp_path / "elsewhere" / "index.sqlite3").is_file()
+    assert web.opts.data.get("cfgsim_library", True) is True  # the setting itself is untouched

@@ -169,13 +169,14 @@ def save_grid(
     return fullfn
 
 
-def probe_library(webui: WebUI) -> Any:
-    """The probe library of this WebUI (:mod:`cfgsim.library.webui`), None when off or unusable."""
+def probe_library(webui: WebUI, p: Any = None) -> Any:
+    """The probe library of this WebUI (:mod:`cfgsim.library.webui`), None when off or unusable;
+    a request's ``override_settings`` may turn it off or point it elsewhere for that request."""
     from cfgsim.library.webui import data_dir, library_for_run
     from cfgsim.webui.settings import library_dir, library_enabled
 
     opts = webui.opts
-    return library_for_run(library_enabled(opts), library_dir(opts), data_dir(webui.shared))
+    return library_for_run(library_enabled(opts, p), library_dir(opts, p), data_dir(webui.shared))
 
 
 def run_probe_script(p: Any, values: controls.ProbeArgs, webui: WebUI, cfg_denoiser: Any = None) -> Any:
@@ -203,7 +204,7 @@ def run_probe_script(p: Any, values: controls.ProbeArgs, webui: WebUI, cfg_denoi
     spec = choice.spec
     reference = build_reference(values, checkpoints, host, choice)
     metrics = build_metrics(values.metrics, metric_options(opts))
-    library = probe_library(webui)
+    library = probe_library(webui, p)
 
     try:
         with RestoreWebUI(host, getattr(p, "override_settings", None) or {}), cond_only:

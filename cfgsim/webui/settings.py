@@ -106,12 +106,19 @@ def register_library_settings(opts: Any, option_info: Any) -> None:
     )
 
 
-def library_enabled(opts: Any) -> bool:
+def library_enabled(opts: Any, p: Any = None) -> bool:
+    """The "probe library" setting; an API request's ``override_settings`` (``p``'s) decide for
+    that request, as for :func:`skip_uncond`."""
+    requested = getattr(p, "override_settings", None) or {}
+    if "cfgsim_library" in requested:
+        return _flag(requested["cfgsim_library"])
     return _flag(setting(opts, "cfgsim_library", True))
 
 
-def library_dir(opts: Any) -> str:
-    return str(setting(opts, "cfgsim_library_dir", "") or "").strip()
+def library_dir(opts: Any, p: Any = None) -> str:
+    requested = getattr(p, "override_settings", None) or {}
+    value = requested.get("cfgsim_library_dir", setting(opts, "cfgsim_library_dir", ""))
+    return str(value or "").strip()
 
 
 def metric_options(opts: Any) -> dict[str, dict[str, Any]]:
