@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image
 
+from cfgsim import controls
 from cfgsim.host import Checkpoint
 from cfgsim.result import FAILED, OK, SKIPPED, Cell, MetricScores, ProbeResult, Reference
 from cfgsim.spec import ProbeSpec
@@ -205,3 +206,19 @@ __all__ = [
     "webui_grid",
     "webui_infotext",
 ]
+
+
+def script_args(checkpoints, **values):
+    """The WebUI script's positional arguments in the declared order, from keyword values
+    (each control's default elsewhere), as the WebUI and API callers pass them."""
+    out = []
+    for control in controls.CONTROLS:
+        if control.name == "checkpoints":
+            out.append(list(checkpoints))
+        elif control.name in values:
+            out.append(values[control.name])
+        elif control.kind == "index":
+            out.append(control.choices.index(control.default))
+        else:
+            out.append(control.default if not isinstance(control.default, tuple) else list(control.default))
+    return out

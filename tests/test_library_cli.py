@@ -15,6 +15,7 @@ from cfgsim.cli import main
 from cfgsim.library import ProbeLibrary
 from cfgsim.library import webui as library_webui
 from cfgsim.probe import run_probe
+from tests.helpers import script_args
 
 
 @pytest.fixture
@@ -139,20 +140,6 @@ def test_demo_and_the_python_api_use_the_library(family, tmp_path, capsys):
 
 
 # -- the WebUI script ------------------------------------------------------------------------------
-
-
-def script_args(checkpoints, **values):
-    out = []
-    for control in controls.CONTROLS:
-        if control.name == "checkpoints":
-            out.append(list(checkpoints))
-        elif control.name in values:
-            out.append(values[control.name])
-        elif control.kind == "index":
-            out.append(control.choices.index(control.default))
-        else:
-            out.append(control.default if not isinstance(control.default, tuple) else list(control.default))
-    return out
 
 
 def test_with_library_is_the_last_script_argument():

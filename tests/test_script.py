@@ -20,25 +20,11 @@ from cfgsim.spec import DEFAULT_NEGATIVE, ProbeSpec
 from cfgsim.webui import host as webui_host
 from cfgsim.webui import settings as webui_settings
 from cfgsim.webui import ui as webui_ui
+from tests.helpers import script_args as args
 
 REFERENCE_PNG = (
     Path(__file__).resolve().parents[2] / "shared" / "reference" / "nai-925997e9-seed1337-cfg1-euler256.png"
 )
-
-
-def args(checkpoints, **values):
-    """script_args in the declared order, from keyword values (defaults elsewhere)."""
-    out = []
-    for control in controls.CONTROLS:
-        if control.name == "checkpoints":
-            out.append(list(checkpoints))
-        elif control.name in values:
-            out.append(values[control.name])
-        elif control.kind == "index":
-            out.append(control.choices.index(control.default))
-        else:
-            out.append(control.default if not isinstance(control.default, tuple) else list(control.default))
-    return out
 
 
 def run(web, p, checkpoints, **values):
