@@ -515,18 +515,20 @@ class FakeWebUI:
             )
             if self.on_call is not None:
                 self.on_call(index, p)
-            if (info.name_for_extra, p.seed) in self.fail_cell:
+            seeds = list(p.seed) if isinstance(p.seed, list) else [p.seed]  # a list: one image per seed
+            if any((info.name_for_extra, seed) in self.fail_cell for seed in seeds):
                 raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
-            image = self.picture(info.name_for_extra, p, opts)
+            images = [self.picture(info.name_for_extra, p, opts, seed) for seed in seeds]
             self.state.nextjob()
             p.sd_model_name, p.sd_vae_name = info.name_for_extra, None
-            infotext = (
+            infotexts = [
                 f"Negative prompt: {p.negative_prompt}\nSteps: {p.steps}, Sampler: {p.sampler_name}, "
-                f"CFG scale: {p.cfg_scale:g}, Seed: {p.seed}, Size: {p.width}x{p.height}, "
+                f"CFG scale: {p.cfg_scale:g}, Seed: {seed}, Size: {p.width}x{p.height}, "
                 f"Model hash: {info.hash}, Model: {info.name_for_extra}, "
                 f"Clip skip: {opts.CLIP_stop_at_last_layers}"
-            )
-            return Processed(p, [image], p.seed, infotext, infotexts=[infotext])
+                for seed in seeds
+            ]
+            return Processed(p, images, seeds[0], infotexts[0], all_seeds=seeds, infotexts=infotexts)
         finally:
             if self.forge:
                 self.set_config(stored)  # Forge restores through set_config as well
@@ -564,7 +566,7 @@ class FakeWebUI:
             forge_version=self.modules.get("modules_forge.forge_version"),
         )
 
-    def picture(self, name: str, p: Any, opts: Options) -> Image.Image:
+    def picture(self, name: str, p: Any, opts: Options, seed: int | None = None) -> Image.Image:
         family = FAMILIES.get(name, 9)
         settings = {
             "prompt": p.prompt,
@@ -575,7 +577,9 @@ class FakeWebUI:
             "height": p.height,
         }
         variant = 0 if settings == PROBE else 1 + sum(settings[k] != PROBE[k] for k in PROBE)
-        image = family_picture(family, p.seed, variant, (p.width // 8, p.height // 8))
+        image = family_picture(
+            family, p.seed if seed is None else seed, variant, (p.width // 8, p.height // 8)
+        )
         if name == "tuned":  # a fine-tune: the family's picture, slightly changed
             arr = np.asarray(image).astype(int)
             arr[::3, ::3] = 255 - arr[::3, ::3]

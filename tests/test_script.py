@@ -603,6 +603,7 @@ def test_settings_section(webui, p):
         "cfgsim_skip_uncond",
         "cfgsim_library",
         "cfgsim_library_dir",
+        "cfgsim_batch_size",
     ]
     assert all(labels[k].section == ("cfgsim", "CFG similarity") for k in keys)
     # The default metrics setting is the checkbox group's default in ui() and for the API.

@@ -1,4 +1,5 @@
-"""The probe's host inside the WebUI process: checkpoints, one probe image per call, progress.
+"""The probe's host inside the WebUI process: checkpoints, probe images (one seed or a batch of
+one checkpoint's seeds per ``process_images`` call), progress.
 
 Constraints from the WebUI that shape this module (A1111 1.8-1.10 and Forge):
 
@@ -9,12 +10,16 @@ Constraints from the WebUI that shape this module (A1111 1.8-1.10 and Forge):
 - ``process_images`` silently drops a checkpoint override it cannot resolve and renders with the
   loaded model instead: checkpoints are resolved here first, an unknown one is a failed cell.
 - Forge loads lazily: nothing is loaded before the first generation.
+- Batches: both WebUIs take a list in ``p.seed`` (``process_images_inner``: ``p.all_seeds = seed``)
+  and draw each image's noise from its own seed (``rng.ImageRNG`` keeps one generator per seed),
+  so an image of a batch is the image made alone, up to the kernels' batch-size rounding.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Sequence
 from copy import copy
 from typing import Any
 
@@ -33,6 +38,10 @@ from cfgsim.webui.condonly import ENV_KEY as COND_ONLY_KEY
 from cfgsim.webui.condonly import PROBE_FLAG
 from cfgsim.webui.context import WebUI
 from cfgsim.webui.options import CHECKPOINT_OPTION, forced_overrides, known, recorded_values
+from cfgsim.webui.settings import batch_size_setting
+
+# The metadata environment's key for the batch size (recorded only: not part of the library key).
+BATCH_ENV_KEY = "Seeds per batch"
 
 _ARCH_CACHE: dict[tuple[str, int, float], str] = {}
 
@@ -72,12 +81,30 @@ def loaded_model_architecture(model: object) -> str | None:
     return "unknown"  # Forge sets no is_sd* flag on Flux and other newer families
 
 
-def probe_processing(p: Any, spec: ProbeSpec, seed: int, checkpoint: str | None, *, opts: Any = None) -> Any:
+def automatic_batch_size(devices: Any) -> int:
+    """Seeds per batch when the setting is 0: 1 on the CPU (and wherever the WebUI's device is not
+    known), on CUDA the standalone runner's rule (:func:`cfgsim.standalone.host.default_batch_size`:
+    what fits in about half the free memory, at most 8). Never fails a run: 1 when it cannot tell."""
+    device = str(getattr(devices, "device", None) or "cpu")
+    if not device.startswith("cuda"):
+        return 1
+    from cfgsim.standalone.host import default_batch_size  # torch is imported inside, not here
+
+    try:
+        return max(1, int(default_batch_size(device)))
+    except Exception:  # the batch size only saves time: never fail a run over it
+        return 1
+
+
+def probe_processing(
+    p: Any, spec: ProbeSpec, seed: int | Sequence[int], checkpoint: str | None, *, opts: Any = None
+) -> Any:
     """A copy of ``p`` with the probe enforced, whatever the txt2img UI holds.
 
     Everything that changes the pixels and that the probe pins is set here: prompt, negative
     prompt, sampler (+ schedule where the WebUI has one), steps (256 is above the UI slider: set in
-    code), CFG, seed without variation or resize, size, batch 1 × 1, no hires fix, refiner, face
+    code), CFG, seed without variation or resize, size, one batch (``seed`` a list of several
+    seeds: one batch of ``len(seed)`` images, each from its own seed), no hires fix, refiner, face
     restoration, tiling, styles; the forced options of :data:`cfgsim.webui.options.HOST_OPTIONS`
     (clip skip, token merging, A1111 1.8's schedule override) and the checkpoint go through
     ``override_settings``. Always-on scripts (ControlNet, ADetailer, Dynamic Prompts, ...) are
@@ -93,14 +120,19 @@ def probe_processing(p: Any, spec: ProbeSpec, seed: int, checkpoint: str | None,
         pc.scheduler = spec.scheduler
     pc.steps = spec.effective_steps
     pc.cfg_scale = float(spec.cfg_scale)
-    pc.seed = int(seed)
+    seeds = [int(s) for s in seed] if isinstance(seed, Sequence) else [int(seed)]
+    # One seed stays a number (the WebUI's own form); several go as a list, one per image.
+    pc.seed = seeds if len(seeds) > 1 else seeds[0]
     pc.subseed = -1
     pc.subseed_strength = 0.0
     pc.seed_resize_from_w = 0
     pc.seed_resize_from_h = 0
     pc.width, pc.height = spec.width, spec.height
-    pc.batch_size = 1
+    pc.batch_size = len(seeds)
     pc.n_iter = 1
+    if len(seeds) > 1:  # what setup_prompts() makes from batch_size, set so that the copy agrees
+        pc.all_prompts = [spec.prompt] * len(seeds)
+        pc.all_negative_prompts = [spec.negative_prompt] * len(seeds)
     pc.enable_hr = False
     pc.refiner_checkpoint = None
     pc.refiner_switch_at = None
@@ -160,6 +192,21 @@ class WebUIHost:
         self._infos: dict[str, Any] = {}
         # Which path skips the uncond pass at CFG 1 (cfgsim.webui.condonly mode), None: not said.
         self.cond_only: str | None = None
+        self._batch_size: int | None = None
+
+    @property
+    def batch_size(self) -> int:
+        """Seeds of one checkpoint per ``process_images`` call: the "Seeds per batch" setting (an
+        API request's ``override_settings`` may set it), 0 = :func:`automatic_batch_size`. Decided
+        once per run, at the first use (the run loop asks before the first image)."""
+        if self._batch_size is None:
+            wanted = batch_size_setting(self.webui.opts, self.p)
+            self._batch_size = wanted if wanted > 0 else automatic_batch_size(self.webui.devices)
+        return self._batch_size
+
+    @batch_size.setter
+    def batch_size(self, value: int) -> None:
+        self._batch_size = max(1, int(value))
 
     # -- checkpoints -------------------------------------------------------------------------------
 
@@ -275,13 +322,26 @@ class WebUIHost:
     # -- generation --------------------------------------------------------------------------------
 
     def generate(self, checkpoint: Checkpoint, spec: Any, seed: int) -> Generated:
+        """One probe image: the batch of one."""
+        return self.generate_many(checkpoint, spec, [seed])[0]
+
+    def generate_many(self, checkpoint: Checkpoint, spec: Any, seeds: Sequence[int]) -> list[Generated]:
+        """Several seeds of one checkpoint in one ``process_images`` call (``batch_size`` = the number
+        of seeds, one iteration, the seeds as a list): one image per seed, in the seeds' order, each
+        with its own infotext. A grid the WebUI puts before the images is skipped. Raises like a
+        single image: :class:`CheckpointLoadError` when the checkpoint cannot be loaded (or is not
+        SD1), :class:`ProbeInterrupted` on an interrupt (the whole batch is discarded: its images
+        are cut short), ``RuntimeError`` on a skip or a missing image."""
+        seeds = [int(s) for s in seeds]
+        if not seeds:
+            return []
         info = self._infos.get(checkpoint.name)
         if info is None:
             raise CheckpointLoadError(f"{checkpoint.name!r} is not among the installed checkpoints")
         if not os.path.exists(info.filename):
             raise CheckpointLoadError(f"file not found: {info.filename}")
         state = self.webui.state
-        pc = probe_processing(self.p, spec, seed, info.name, opts=self.webui.opts)
+        pc = probe_processing(self.p, spec, seeds, info.name, opts=self.webui.opts)
         try:
             processed = self.webui.processing.process_images(pc)
         except Exception as exc:
@@ -293,12 +353,13 @@ class WebUIHost:
                 raise CheckpointLoadError(f"loading failed: {error_text(exc)}") from exc
             raise
         if getattr(state, "interrupted", False):
-            # Sampling was cut short: the image is not a probe image and is discarded.
+            # Sampling was cut short: the images are not probe images and are discarded.
             raise ProbeInterrupted()
         if getattr(state, "skipped", False):
             state.skipped = False
             raise RuntimeError("skipped by the user (the image is incomplete)")
-        if not processed.images:
+        images = list(processed.images or [])
+        if not images:
             if getattr(state, "stopping_generation", False):
                 raise ProbeInterrupted()
             raise RuntimeError("the WebUI returned no image")
@@ -307,10 +368,31 @@ class WebUIHost:
             # A pickle (.ckpt) cannot be inspected before loading: its architecture shows now.
             reason = Checkpoint(checkpoint.name, architecture=arch).probe_skip_reason
             raise CheckpointLoadError(reason or arch)
-        image = processed.images[0]
-        infotext = (processed.infotexts or [processed.info])[0] or ""
+        return self._outputs(processed, images, seeds)
+
+    def _outputs(self, processed: Any, images: list[Any], seeds: list[int]) -> list[Generated]:
+        """The images of ``processed`` mapped to ``seeds``: after the grid (``index_of_first_image``,
+        or whatever precedes the last ``len(seeds)`` images), with each image's own infotext."""
+        first = int(getattr(processed, "index_of_first_image", 0) or 0)
+        if len(images) - first != len(seeds):
+            if len(images) < len(seeds):
+                raise RuntimeError(f"the WebUI returned {len(images)} images for {len(seeds)} seeds")
+            first = len(images) - len(seeds)  # a grid the index does not account for
+        used = [int(s) for s in getattr(processed, "all_seeds", None) or [] if isinstance(s, int)]
+        if len(used) == len(seeds) and used != seeds:
+            raise RuntimeError(f"the WebUI used the seeds {used} for {seeds}")
+        infotexts = list(getattr(processed, "infotexts", None) or [])
+        if len(infotexts) == len(images):  # one per image, the grid's included
+            texts = infotexts[first:]
+        elif len(infotexts) == len(seeds):
+            texts = infotexts
+        else:
+            texts = [getattr(processed, "info", "") or ""] * len(seeds)
         vae = getattr(processed, "sd_vae_name", None) or "from the checkpoint"
-        return Generated(image=image, infotext=infotext, settings={"VAE in use": vae})
+        return [
+            Generated(image=images[first + k], infotext=texts[k] or "", settings={"VAE in use": vae})
+            for k in range(len(seeds))
+        ]
 
     def progress(self, done: int, total: int, job: str) -> None:
         state = self.webui.state

@@ -26,7 +26,7 @@ from cfgsim.spec import SpecChoice
 from cfgsim.webui.condonly import ENV_KEY as COND_ONLY_KEY
 from cfgsim.webui.condonly import CondOnly
 from cfgsim.webui.context import WebUI
-from cfgsim.webui.host import WebUIHost, probe_processing
+from cfgsim.webui.host import BATCH_ENV_KEY, WebUIHost, probe_processing
 from cfgsim.webui.options import infotext_values, setting
 from cfgsim.webui.restore import RestoreWebUI
 from cfgsim.webui.settings import (
@@ -223,6 +223,8 @@ def run_probe_script(p: Any, values: controls.ProbeArgs, webui: WebUI, cfg_denoi
         if not keep_clip_loaded(opts):
             release_cached_models()
     result.environment[COND_ONLY_KEY] = cond_only.environment_value()
+    # Recorded, not part of the library key (that is taken from host.environment() before the run).
+    result.environment[BATCH_ENV_KEY] = str(min(host.batch_size, len(spec.seeds)))
     host.fill_hashes(result)
     weights, weights_error = None, ""
     if values.compare_weights:

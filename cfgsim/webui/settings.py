@@ -25,6 +25,7 @@ SETTING_KEYS = (
     "cfgsim_skip_uncond",
     "cfgsim_library",
     "cfgsim_library_dir",
+    "cfgsim_batch_size",
 )
 
 
@@ -83,6 +84,16 @@ def register_settings(opts: Any, option_info: Any, gr: Any) -> None:
         ),
     )
     register_library_settings(opts, option_info)
+    opts.add_option(
+        "cfgsim_batch_size",
+        option_info(
+            0,
+            "Seeds per batch during probes (0 = automatic: 1 on the CPU, what fits on a GPU)",
+            gr.Slider,
+            {"minimum": 0, "maximum": 64, "step": 1},
+            section=section,
+        ),
+    )
 
 
 def register_library_settings(opts: Any, option_info: Any) -> None:
@@ -148,6 +159,17 @@ def skip_uncond(opts: Any, p: Any = None) -> bool:
     if "cfgsim_skip_uncond" in requested:
         return _flag(requested["cfgsim_skip_uncond"])
     return _flag(setting(opts, "cfgsim_skip_uncond", True))
+
+
+def batch_size_setting(opts: Any, p: Any = None) -> int:
+    """The "seeds per batch" setting, 0 = automatic (see :func:`cfgsim.webui.host.automatic_batch_size`);
+    an API request's ``override_settings`` (``p``'s) decide for that request. Not a number: 0."""
+    requested = getattr(p, "override_settings", None) or {}
+    value = requested.get("cfgsim_batch_size", setting(opts, "cfgsim_batch_size", 0))
+    try:
+        return max(0, int(float(value)))
+    except (TypeError, ValueError):
+        return 0
 
 
 def _flag(value: Any) -> bool:
