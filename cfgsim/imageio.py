@@ -58,6 +58,37 @@ def _source_name(source: object) -> str:
     return name if isinstance(name, str) else "<image stream>"
 
 
+def open_image(source: ImageSource, limit: int | None = None) -> Image.Image:
+    """``Image.open`` (the header only: no pixel is decoded) with every way it fails turned into an
+    :class:`~cfgsim.errors.InputError` naming the file and the reason."""
+    name = _source_name(source)
+    limit = MAX_PIXELS if limit is None else limit
+    try:
+        return Image.open(source)
+    except FileNotFoundError:
+        raise InputError(f"{name!r} does not exist") from None
+    except IsADirectoryError:
+        raise InputError(f"{name!r} is a directory, not an image file") from None
+    except PermissionError:
+        raise InputError(f"{name!r} cannot be read: permission denied") from None
+    except Image.DecompressionBombError as exc:
+        # Pillow's own guard (twice Image.MAX_IMAGE_PIXELS) fires inside open() for huge headers,
+        # before load_image's own check can run; report it in the same terms.
+        raise InputError(
+            f"{name!r} is too large to load safely ({exc}); cfgsim's limit is {limit:,} pixels"
+        ) from None
+    except Image.UnidentifiedImageError:
+        raise InputError(f"{name!r} is not an image Pillow can read") from None
+    except _DECODE_ERRORS as exc:
+        raise InputError(f"{name!r} is not an image Pillow can read ({exc})") from None
+
+
+def image_size(source: ImageSource) -> tuple[int, int]:
+    """(width, height) from the file's header, without decoding the pixels."""
+    with open_image(source) as img:
+        return img.size
+
+
 def load_image(source: ImageSource, *, max_pixels: int | None = None) -> Image.Image:
     """Load an image file fully and return it as 8-bit RGB (see the module docstring for the rules).
 
@@ -72,25 +103,7 @@ def load_image(source: ImageSource, *, max_pixels: int | None = None) -> Image.I
     limit = MAX_PIXELS if max_pixels is None else max_pixels
     if limit <= 0:
         raise InputError(f"max_pixels must be a positive number of pixels, not {limit!r}")
-    try:
-        img = Image.open(source)
-    except FileNotFoundError:
-        raise InputError(f"{name!r} does not exist") from None
-    except IsADirectoryError:
-        raise InputError(f"{name!r} is a directory, not an image file") from None
-    except PermissionError:
-        raise InputError(f"{name!r} cannot be read: permission denied") from None
-    except Image.DecompressionBombError as exc:
-        # Pillow's own guard (twice Image.MAX_IMAGE_PIXELS) fires inside open() for huge headers,
-        # before our check below can run; report it in the same terms.
-        raise InputError(
-            f"{name!r} is too large to load safely ({exc}); cfgsim's limit is {limit:,} pixels"
-        ) from None
-    except Image.UnidentifiedImageError:
-        raise InputError(f"{name!r} is not an image Pillow can read") from None
-    except _DECODE_ERRORS as exc:
-        raise InputError(f"{name!r} is not an image Pillow can read ({exc})") from None
-
+    img = open_image(source, limit)
     with img:
         width, height = img.size
         if width <= 0 or height <= 0:

@@ -310,7 +310,7 @@ def test_cli_exact_route_with_state_resumes(folder, tmp_path, capsys):
         ("empty-folder", "empty: no images found"),
         ("folder-is-file", "m00.png: is a file, not a folder"),
         ("missing-query", "missing.png: no such image"),
-        ("unreadable", "broken.png: is not an image Pillow can read"),
+        ("unreadable", "broken.png' is not an image Pillow can read"),
         ("sizes", "odd.png: is 20x20, but"),
         ("k", "-k 0: must be at least 1"),
         ("state-without-exact", "--state is for --exact"),

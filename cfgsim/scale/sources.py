@@ -22,10 +22,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
-from PIL import Image
 
 from cfgsim.errors import InputError
-from cfgsim.imageio import load_image, to_array
+from cfgsim.imageio import image_size, load_image, to_array
 from cfgsim.inputs import IMAGE_SUFFIXES
 
 __all__ = [
@@ -152,17 +151,7 @@ def find_images(folder: str | os.PathLike[str]) -> list[Path]:
 
 
 def _header_size(path: Path) -> tuple[int, int]:
-    try:
-        with Image.open(path) as img:
-            return img.size
-    except FileNotFoundError:
-        raise InputError(f"{path}: does not exist") from None
-    except PermissionError:
-        raise InputError(f"{path}: cannot be read: permission denied") from None
-    except IsADirectoryError:
-        raise InputError(f"{path}: is a folder, not an image") from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise InputError(f"{path}: is not an image Pillow can read ({exc})") from None
+    return image_size(path)
 
 
 def check_sizes(paths: Sequence[Path]) -> tuple[int, int]:
