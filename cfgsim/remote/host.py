@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cfgsim import __version__ as cfgsim_version
+from cfgsim.controls import decode_image
 from cfgsim.host import (
     LEGACY_HASH_LENGTH,
     LEGACY_HASH_OFFSET,
@@ -43,7 +44,7 @@ from cfgsim.host import (
     ProbeInterrupted,
 )
 from cfgsim.remote.client import NoApi, RemoteError, ServerError, WebUIClient
-from cfgsim.remote.request import RemoteOptions, decode_image, txt2img_payload
+from cfgsim.remote.request import RemoteOptions, txt2img_payload
 from cfgsim.spec import ProbeSpec
 from cfgsim.webui.options import CHECKPOINT_OPTION, PRECISION_FLAGS, forced_overrides, recorded_values
 
@@ -272,7 +273,11 @@ class RemoteHost:
                 f"{self.url} rendered with {used_name} [{used_hash}] instead of {model.title}: "
                 "it did not load"
             )
-        image = decode_image(str(response["images"][0]))
+        # The API's base64 PNG, read as the script reads an uploaded one (with the pixel limit).
+        image = decode_image(str(response["images"][0]), what=f"{self.url} image")
+        if image is None:
+            raise _bad(self.url, "/sdapi/v1/txt2img", response, "an empty image in the answer")
+        image = image.convert("RGB") if image.mode != "RGB" else image
         infotexts = info.get("infotexts") or [""]
         settings = {"VAE in use": str(info.get("sd_vae_name") or "from the checkpoint")}
         if info.get("version"):

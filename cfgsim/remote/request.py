@@ -7,8 +7,6 @@ the server knows) in ``override_settings``, with the checkpoint's title as ``sd_
 
 from __future__ import annotations
 
-import base64
-import io
 from typing import Any
 
 from cfgsim.spec import ProbeSpec
@@ -69,13 +67,3 @@ def txt2img_payload(
     if scheduler:  # A1111 1.9+ and Forge: the schedule is a request field (1.8: k_sched_type above)
         payload["scheduler"] = spec.scheduler
     return payload
-
-
-def decode_image(text: str) -> Any:
-    from PIL import Image
-
-    if "," in text[:80] and text.startswith("data:"):
-        text = text.split(",", 1)[1]
-    image = Image.open(io.BytesIO(base64.b64decode(text)))
-    image.load()
-    return image.convert("RGB") if image.mode != "RGB" else image
