@@ -184,13 +184,18 @@ def file_hashes(path: str | os.PathLike[str], chunk_size: int = 1 << 20) -> File
     return FileHashes(hashlib.sha256(bytes(legacy_bytes)).hexdigest()[:8], full.hexdigest())
 
 
+def cache_folder() -> str:
+    """cfgsim's cache folder: ``$CFGSIM_CACHE_DIR``, else ``$XDG_CACHE_HOME/cfgsim``, else
+    ``~/.cache/cfgsim`` (the checkpoint hash cache and the command line's probe library)."""
+    if os.environ.get("CFGSIM_CACHE_DIR"):
+        return os.path.expanduser(os.environ["CFGSIM_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "cfgsim")
+
+
 def default_hash_cache_path() -> str:
-    """``$CFGSIM_CACHE_DIR/hashes.json``, else ``$XDG_CACHE_HOME/cfgsim/hashes.json``, else
-    ``~/.cache/cfgsim/hashes.json``."""
-    base = os.environ.get("CFGSIM_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "cfgsim"
-    )
-    return os.path.join(base, "hashes.json")
+    """``hashes.json`` in :func:`cache_folder`."""
+    return os.path.join(cache_folder(), "hashes.json")
 
 
 class HashCache:

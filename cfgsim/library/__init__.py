@@ -27,6 +27,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from cfgsim.host import cache_folder
 from cfgsim.library.store import KNOWN_SETTINGS, Entry, LibraryError, ProbeLibrary
 
 if TYPE_CHECKING:
@@ -89,15 +90,6 @@ def settings_key(spec: ProbeSpec, host_name: str, environment: Mapping[str, Any]
     return key
 
 
-def cache_folder() -> Path:
-    """cfgsim's cache folder: ``$CFGSIM_CACHE_DIR``, ``$XDG_CACHE_HOME/cfgsim`` or ``~/.cache/cfgsim``
-    (where the checkpoint hash cache lives too)."""
-    if os.environ.get("CFGSIM_CACHE_DIR"):
-        return Path(os.environ["CFGSIM_CACHE_DIR"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "cfgsim"
-
-
 def default_library_dir(
     *, kind: str = "cli", webui_data_dir: str | os.PathLike[str] | None = None
 ) -> Path | None:
@@ -107,7 +99,7 @@ def default_library_dir(
         return Path(os.environ[ENV_VAR]).expanduser()
     if kind == "webui":
         return Path(webui_data_dir) / WEBUI_FOLDER if webui_data_dir else None
-    return cache_folder() / "library"
+    return Path(cache_folder()) / "library"
 
 
 def open_library(
