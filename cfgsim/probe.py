@@ -161,9 +161,22 @@ class LocalExecutor:
     ``batch_size`` when it can batch them (``generate_many``): one UNet call per step per batch."""
 
     def execute(self, host: Host, spec: ProbeSpec, jobs: Sequence[Job], sink: Sink) -> None:
-        batch = max(1, int(getattr(host, "batch_size", 1) or 1)) if hasattr(host, "generate_many") else 1
+        batch = host_batch_size(host)
         for job in jobs:
             run_job(host, spec, job, sink, batch)
+
+
+def host_batch_size(host: Host) -> int:
+    """Seeds per call: the host's ``batch_size`` when it can batch (``generate_many``), else 1."""
+    return max(1, int(getattr(host, "batch_size", 1) or 1)) if hasattr(host, "generate_many") else 1
+
+
+def make_images(host: Host, checkpoint: Checkpoint, spec: ProbeSpec, seeds: Sequence[int]) -> list[Generated]:
+    """The images of ``seeds`` (one batch) from the host: ``generate`` for one, ``generate_many``
+    for more."""
+    if len(seeds) == 1:
+        return [host.generate(checkpoint, spec, seeds[0])]
+    return list(host.generate_many(checkpoint, spec, list(seeds)))  # type: ignore[attr-defined]
 
 
 def run_job(host: Host, spec: ProbeSpec, job: Job, sink: Sink, batch: int = 1) -> None:
@@ -181,10 +194,7 @@ def run_job(host: Host, spec: ProbeSpec, job: Job, sink: Sink, batch: int = 1) -
             continue
         sink.progress(job.describe(seeds))
         try:
-            if len(seeds) == 1:
-                made = [host.generate(job.checkpoint, spec, seeds[0])]
-            else:
-                made = list(host.generate_many(job.checkpoint, spec, seeds))  # type: ignore[attr-defined]
+            made = make_images(host, job.checkpoint, spec, seeds)
         except ProbeInterrupted:
             sink.stop()
             sink.skip(job, rows, INTERRUPTED_REASON, count=False)

@@ -126,7 +126,7 @@ def run_node_job(
 ) -> Iterator[Message]:
     """One checkpoint's seeds on this node, one message per batch (see the module docstring)."""
     from cfgsim.host import CheckpointLoadError, ProbeInterrupted
-    from cfgsim.probe import error_text
+    from cfgsim.probe import error_text, host_batch_size, make_images
 
     # Everything the runner needs is local: a hub lookup must fail at once, not wait on the network.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -150,15 +150,11 @@ def run_node_job(
     if problem:
         yield {"kind": "failed", "rows": rows, "error": f"CheckpointLoadError: {problem}", "load": True}
         return
-    many = hasattr(host, "generate_many")
-    batch = max(1, int(getattr(host, "batch_size", 1) or 1)) if many else 1
+    batch = host_batch_size(host)
     for start in range(0, len(rows), batch):
         batch_rows, batch_seeds = rows[start : start + batch], seeds[start : start + batch]
         try:
-            if len(batch_seeds) == 1:
-                made = [host.generate(checkpoint, spec, batch_seeds[0])]
-            else:
-                made = list(host.generate_many(checkpoint, spec, batch_seeds))
+            made = make_images(host, checkpoint, spec, batch_seeds)
         except CheckpointLoadError as exc:  # the file itself: fail the rest of the job, never retry
             yield {"kind": "failed", "rows": rows[start:], "error": error_text(exc), "load": True}
             return
